@@ -1,0 +1,42 @@
+# ShiftRec — the list of verbs. CI calls `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROTO_SRC := $(wildcard protos/shiftrec/v1/*.proto)
+GEN_STAMP := gen/.stamp
+DATASETS ?= ../shared/datasets
+
+.PHONY: help setup protos test lint bench-ingest clean
+
+help:  ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	mkdir -p gen/shiftrec/v1 && touch gen/shiftrec/__init__.py gen/shiftrec/v1/__init__.py
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+setup: $(STAMP) $(GEN_STAMP)  ## create .venv, install pinned dependencies, generate proto code
+
+$(GEN_STAMP): $(PROTO_SRC) $(STAMP)
+	rm -rf gen/shiftrec/v1 && mkdir -p gen/shiftrec/v1
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTO_SRC)
+	touch gen/shiftrec/__init__.py gen/shiftrec/v1/__init__.py
+	touch $@
+
+protos: $(GEN_STAMP)  ## generate Python code and .pyi stubs from protos/ into gen/
+
+test: setup  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff
+	$(BIN)/ruff check services training shared tests
+
+bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the raw insert rate
+	$(BIN)/python -m benchmarks.ingest --out var/bench/ingest.json
+
+clean:  ## remove generated code, the virtualenv and local data
+	rm -rf gen $(VENV) var .pytest_cache
