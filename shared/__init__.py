@@ -1,0 +1,1 @@
+"""Code shared by ShiftRec's services, training and command line."""

@@ -1,0 +1,225 @@
+"""Use-case methods over the event store; no gRPC here, plain values in and out."""
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, Row, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from shared.errors import Unavailable
+from shared.store.models import EventRow, ItemRow
+
+# Rows per INSERT statement; SQLite allows 32,766 bound parameters, 9 columns each.
+_INSERT_CHUNK = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A validated behaviour event."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    event_type: int
+    occurred_at_us: int
+    platform: str = ""
+    value: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """A validated catalogue item."""
+
+    item_id: str
+    title: str = ""
+    category: str = ""
+    tags: tuple[str, ...] = ()
+    brand: str = ""
+    price: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One event of a user's history with its item's catalogue attributes."""
+
+    event: EventRecord
+    category: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class EventStore:
+    """The events and the catalogue, on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        # SQLite has one writer at a time; serialising writers here avoids lock timeouts.
+        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+
+    def _insert(self, table: type[EventRow] | type[ItemRow]):  # type: ignore[no-untyped-def]
+        dialect = sqlite if self._dialect == "sqlite" else postgresql
+        return dialect.insert(table)
+
+    def insert_events(self, events: Sequence[EventRecord], received_at_us: int) -> set[str]:
+        """Store the events in one transaction; return the ids that were new.
+
+        Ids already stored (or repeated within `events`) are skipped, so re-sending is harmless.
+        """
+        if not events:
+            return set()
+        rows = [
+            {
+                "event_id": e.event_id,
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "event_type": e.event_type,
+                "occurred_at_us": e.occurred_at_us,
+                "received_at_us": received_at_us,
+                "platform": e.platform,
+                "value": e.value,
+            }
+            for e in events
+        ]
+        stmt = (
+            self._insert(EventRow)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(EventRow.event_id)
+        )
+        inserted: set[str] = set()
+        with self._writing(), self.engine.begin() as conn:
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                result = conn.execute(stmt, rows[start : start + _INSERT_CHUNK])
+                inserted.update(result.scalars())
+        return inserted
+
+    def upsert_items(self, items: Sequence[ItemRecord], updated_at_us: int) -> int:
+        """Insert or replace the items in one transaction; return how many were written."""
+        if not items:
+            return 0
+        latest = {i.item_id: i for i in items}  # the last version of a repeated id wins
+        rows = [
+            {
+                "item_id": i.item_id,
+                "title": i.title,
+                "category": i.category,
+                "tags": list(i.tags),
+                "brand": i.brand,
+                "price": i.price,
+                "updated_at_us": updated_at_us,
+            }
+            for i in latest.values()
+        ]
+        stmt = self._insert(ItemRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["item_id"],
+            set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"},
+        )
+        with self._writing(), self.engine.begin() as conn:
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                conn.execute(stmt, rows[start : start + _INSERT_CHUNK])
+        return len(rows)
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase every event of the user; return how many were erased."""
+        with self._writing(), self.engine.begin() as conn:
+            result = conn.execute(delete(EventRow).where(EventRow.user_id == user_id))
+        return int(result.rowcount or 0)
+
+    def recent_history(self, user_id: str, limit: int) -> list[HistoryEntry]:
+        """The user's `limit` most recent events, oldest first, joined with their items."""
+        newest = (
+            select(*_EVENT_COLUMNS, ItemRow.category, ItemRow.tags)
+            .outerjoin(ItemRow, ItemRow.item_id == EventRow.item_id)
+            .where(EventRow.user_id == user_id)
+            .order_by(EventRow.occurred_at_us.desc(), EventRow.seq.desc())
+            .limit(limit)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(newest).all()
+        return [
+            HistoryEntry(_record(row), row.category or "", tuple(row.tags or ())) for row in reversed(rows)
+        ]
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """The catalogue items among `item_ids`, by id."""
+        found: dict[str, ItemRecord] = {}
+        unique = list(dict.fromkeys(item_ids))
+        with self._reading() as conn:
+            for start in range(0, len(unique), _INSERT_CHUNK):
+                chunk = unique[start : start + _INSERT_CHUNK]
+                for row in conn.execute(select(*_ITEM_COLUMNS).where(ItemRow.item_id.in_(chunk))):
+                    found[row.item_id] = _item(row)
+        return found
+
+    def iter_events(self, batch_size: int = 50_000) -> Iterator[tuple[EventRecord, int]]:
+        """Every stored event as (record, seq), per user oldest first (for training)."""
+        query = select(*_EVENT_COLUMNS).order_by(
+            EventRow.user_id, EventRow.occurred_at_us, EventRow.seq
+        )
+        with self._reading() as conn:
+            for row in conn.execution_options(yield_per=batch_size).execute(query):
+                yield _record(row), row.seq
+
+    def all_items(self) -> list[ItemRecord]:
+        """The whole catalogue."""
+        with self._reading() as conn:
+            rows = conn.execute(select(*_ITEM_COLUMNS).order_by(ItemRow.item_id)).all()
+        return [_item(row) for row in rows]
+
+    def count_events(self, user_id: str | None = None) -> int:
+        """How many events are stored (for one user when given)."""
+        query = select(func.count()).select_from(EventRow)
+        if user_id is not None:
+            query = query.where(EventRow.user_id == user_id)
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def count_items(self) -> int:
+        """How many catalogue items are stored."""
+        with self._reading() as conn:
+            return int(conn.execute(select(func.count()).select_from(ItemRow)).scalar_one())
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the SQLite writer lock (if any); report connection failures as Unavailable."""
+        if self._write_lock is None:
+            with _unavailable_on_disconnect():
+                yield
+            return
+        with self._write_lock, _unavailable_on_disconnect():
+            yield
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with _unavailable_on_disconnect(), self.engine.connect() as conn:
+            yield conn
+
+
+_EVENT_COLUMNS = [c for c in EventRow.__table__.c if c.name != "received_at_us"]
+_ITEM_COLUMNS = [c for c in ItemRow.__table__.c if c.name != "updated_at_us"]
+
+
+def _record(row: Row) -> EventRecord:
+    return EventRecord(
+        row.event_id, row.user_id, row.item_id, row.event_type, row.occurred_at_us, row.platform, row.value
+    )
+
+
+def _item(row: Row) -> ItemRecord:
+    return ItemRecord(row.item_id, row.title, row.category, tuple(row.tags or ()), row.brand, row.price)
+
+
+@contextmanager
+def _unavailable_on_disconnect() -> Iterator[None]:
+    """Connection-level database failures (refused, lost, locked) are retryable: Unavailable."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable(f"database connection lost: {type(exc.orig).__name__}") from exc
+        raise
