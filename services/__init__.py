@@ -1,0 +1,1 @@
+"""ShiftRec's gRPC services: ingestion, features and inference."""

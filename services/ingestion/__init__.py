@@ -1,0 +1,1 @@
+"""IngestionService: validates behaviour events and catalogue items and stores them once."""

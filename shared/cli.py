@@ -1,0 +1,153 @@
+"""`shiftrec`: the one command-line entry point (serve, import, db, train, evaluate)."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from shared.logs import configure_logging
+from shared.settings import Settings
+
+DEFAULT_DATASETS = "../shared/datasets"
+SERVICES = ("ingestion", "features", "inference")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    if args.service == "ingestion":
+        from services.ingestion.server import serve
+    else:
+        print(f"shiftrec: the {args.service} service is not available in this build", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings, args.port))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from shared.store import create_store_engine, upgrade_schema
+    from shared.store.db import current_revision
+
+    engine = create_store_engine(_settings(args).database_url)
+    upgrade_schema(engine, args.revision)
+    print(f"schema at revision {current_revision(engine)}")
+    return 0
+
+
+def _print_report(report) -> int:  # type: ignore[no-untyped-def]
+    print(
+        f"items upserted: {report.items_upserted}  events accepted: {report.accepted}  "
+        f"duplicates: {report.duplicates}  rejected: {report.rejected}"
+    )
+    for reason, count in report.reasons.most_common(10):
+        print(f"  rejected {count}x: {reason}")
+    return 0
+
+
+def cmd_import_s3rec(args: argparse.Namespace) -> int:
+    from services.ingestion.importer import import_records
+    from shared.datasets import read_s3rec, s3rec_events, s3rec_items
+
+    domain = read_s3rec(args.data_dir, args.domain, timestamps=not args.no_timestamps)
+    total = sum(max(len(s) - args.holdout_last, 0) for s in domain.sequences.values())
+    report = import_records(
+        args.target,
+        s3rec_events(domain, args.holdout_last),
+        s3rec_items(domain),
+        batch_size=args.batch_size,
+        total=total,
+        progress=not args.quiet,
+    )
+    return _print_report(report)
+
+
+def cmd_import_taobao(args: argparse.Namespace) -> int:
+    from services.ingestion.importer import import_records
+    from shared.datasets import read_taobao
+
+    data = read_taobao(args.path, args.holdout_last)
+    report = import_records(
+        args.target,
+        data.events,
+        data.items,
+        batch_size=args.batch_size,
+        total=len(data.events),
+        progress=not args.quiet,
+    )
+    return _print_report(report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shiftrec",
+        description="ShiftRec: ingest shopper behaviour, train a drift-aware sequential "
+        "recommender, serve it over gRPC. Settings also come from SHIFTREC_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run one of the gRPC services until SIGTERM")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--port", type=int, help="listen port (defaults 50051/50052/50053)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (SHIFTREC_DATABASE_URL)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = commands.add_parser("db", help="database schema management").add_subparsers(
+        dest="db_command", required=True, metavar="DB_COMMAND"
+    )
+    upgrade = db.add_parser("upgrade", help="apply Alembic migrations")
+    upgrade.add_argument("--database-url", help="SQLAlchemy URL (SHIFTREC_DATABASE_URL)")
+    upgrade.add_argument("--revision", default="head", help="target revision (default head)")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    imp = commands.add_parser(
+        "import", help="send a dataset through IngestionService"
+    ).add_subparsers(dest="source", required=True, metavar="SOURCE")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default="127.0.0.1:50051", help="ingestion host:port")
+        p.add_argument("--holdout-last", type=int, default=0, metavar="N",
+                       help="leave out each user's last N interactions (evaluation protocol)")
+        p.add_argument("--batch-size", type=int, default=500)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s3rec = imp.add_parser("s3rec", help="Amazon reviews in the S3-Rec format (Beauty, Sports...)")
+    s3rec.add_argument("--data-dir", default=f"{DEFAULT_DATASETS}/amazon")
+    s3rec.add_argument("--domain", default="Beauty", help="file prefix, e.g. Sports_and_Outdoors")
+    s3rec.add_argument("--no-timestamps", action="store_true",
+                       help="ignore <domain>_timestamps.txt; use synthetic increasing times")
+    common(s3rec)
+    s3rec.set_defaults(func=cmd_import_s3rec)
+
+    taobao = imp.add_parser("taobao", help="Taobao UserBehavior CSV")
+    taobao.add_argument("--path", default=f"{DEFAULT_DATASETS}/taobao/UserBehavior_head.csv")
+    common(taobao)
+    taobao.set_defaults(func=cmd_import_taobao)
+
+    _register_training(commands)
+    return parser
+
+
+def _register_training(commands: argparse._SubParsersAction) -> None:
+    """`train` and `evaluate` come from the training package (torch loads only when they run)."""
+    try:
+        from training.cli import register
+    except ImportError:
+        return
+    register(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

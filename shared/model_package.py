@@ -1,0 +1,162 @@
+"""The model package contract shared by training (writer) and inference (reader): ONNX input and
+output names, the manifest, and atomic publication into a model directory. No torch here.
+
+A model directory holds one sub-directory per version plus a `LATEST` file naming the version
+to serve:
+
+    <model_dir>/LATEST                   "20250101T120000Z-1a2b3c4d\\n"
+    <model_dir>/<version>/model.onnx
+    <model_dir>/<version>/manifest.json
+    <model_dir>/<version>/training_curve.png
+
+Inputs (all int64, shape (B, MAX_LEN), left-padded: the most recent event is in the last
+column, padding columns are on the left and hold 0 in all three inputs):
+    item_ids     1 + the item's position in `manifest.item_vocab`; 0 = padding
+    event_types  1 view, 2 click, 3 add_to_cart, 4 purchase, 5 favorite, 6 review; 0 = padding
+    timestamps   the event's time in unix seconds (only differences are used)
+
+Outputs (float32):
+    scores         (B, N_ITEMS) next-item logits; column j is `manifest.item_vocab[j]`
+    probabilities  (B, N_ITEMS) calibrated interest probability in [0, 1] (Platt scaling of the
+                   log-softmax of `scores`, parameters in `manifest.calibration`)
+    user_repr      (B, D) the user representation at the last position (layer-normed)
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+INPUT_ITEM_IDS = "item_ids"
+INPUT_EVENT_TYPES = "event_types"
+INPUT_TIMESTAMPS = "timestamps"
+INPUT_NAMES = (INPUT_ITEM_IDS, INPUT_EVENT_TYPES, INPUT_TIMESTAMPS)
+
+OUTPUT_SCORES = "scores"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_USER_REPR = "user_repr"
+OUTPUT_NAMES = (OUTPUT_SCORES, OUTPUT_PROBABILITIES, OUTPUT_USER_REPR)
+
+PADDING_INDEX = 0
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+CURVE_FILE = "training_curve.png"
+LATEST_FILE = "LATEST"
+FORMAT_VERSION = 1
+
+PADDING_DOC = (
+    "Inputs are left-padded to max_len: the most recent event is in the last column. "
+    "Index 0 is padding in item_ids and event_types (timestamps 0 there). item_ids[b, t] = 1 + "
+    "position of the item in item_vocab; scores[:, j] belongs to item_vocab[j]. Items unknown "
+    "to item_vocab must be dropped before calling the model."
+)
+
+
+@dataclass
+class Manifest:
+    """Everything the serving side needs to use and re-check a model package."""
+
+    version: str
+    created_at: str  # ISO 8601, UTC
+    data_fingerprint: str  # sha256 of the training sequences and item features
+    item_vocab: list[str]  # item_id strings in index order (model index = position + 1)
+    config: dict[str, Any]  # the resolved model + training config
+    max_len: int
+    dim: int  # size of user_repr
+    calibration: dict[str, float]  # {"a": .., "b": ..}: p = sigmoid(a * log_softmax(score) + b)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parity_sample: dict[str, Any] = field(default_factory=dict)  # inputs, expected top-10/scores
+    parent_version: str | None = None
+    input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
+    output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    padding: str = PADDING_DOC
+    padding_index: int = PADDING_INDEX
+    event_types: dict[str, int] = field(
+        default_factory=lambda: {
+            "padding": 0, "view": 1, "click": 2, "add_to_cart": 3,
+            "purchase": 4, "favorite": 5, "review": 6,
+        }
+    )
+    data_source: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Manifest":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def load_manifest(package_dir: str | Path) -> Manifest:
+    """The manifest of one published package directory."""
+    return Manifest.from_dict(json.loads((Path(package_dir) / MANIFEST_FILE).read_text()))
+
+
+def latest_version(model_dir: str | Path) -> str | None:
+    """The version named by `<model_dir>/LATEST`, or None when nothing is published."""
+    path = Path(model_dir) / LATEST_FILE
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def resolve_package(path: str | Path) -> Path:
+    """A package directory from either a package directory or a model directory (uses LATEST)."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).exists():
+        return path
+    version = latest_version(path)
+    if version is None:
+        raise FileNotFoundError(f"{path}: neither a model package nor a model directory with {LATEST_FILE}")
+    return path / version
+
+
+def staging_dir(model_dir: str | Path, version: str) -> Path:
+    """A fresh temporary directory beside the final place, on the same file system."""
+    root = Path(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=root))
+
+
+def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> Path:
+    """Move a fully written staging directory to `<model_dir>/<version>` and point LATEST at it.
+
+    Files and directories are fsynced before each rename, and both renames are atomic, so a
+    reader that follows LATEST sees either the previous package or the complete new one.
+    """
+    staged, root = Path(staged), Path(model_dir)
+    final = root / version
+    if final.exists():
+        raise FileExistsError(f"{final} already exists")
+    for child in staged.iterdir():
+        _fsync_file(child)
+    _fsync_dir(staged)
+    os.rename(staged, final)
+    _fsync_dir(root)
+    fd, tmp_latest = tempfile.mkstemp(prefix=".LATEST-", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_latest, root / LATEST_FILE)
+    _fsync_dir(root)
+    return final
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

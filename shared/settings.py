@@ -1,0 +1,39 @@
+"""One typed settings object per process, read once from SHIFTREC_* variables and CLI flags."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of ShiftRec. Environment: SHIFTREC_<FIELD> (e.g. SHIFTREC_DATABASE_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="SHIFTREC_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///var/shiftrec.db",
+        description="SQLAlchemy URL of the event store (SQLite file, or postgresql+psycopg://…).",
+    )
+    auto_migrate: bool = Field(
+        True, description="Servers bring the schema to the latest migration at start-up."
+    )
+    bind_host: str = Field(
+        "127.0.0.1", description="Address the servers listen on (0.0.0.0 in containers)."
+    )
+    ingestion_port: int = Field(50051, description="Port of IngestionService.")
+    features_port: int = Field(50052, description="Port of FeatureService.")
+    inference_port: int = Field(50053, description="Port of InferenceService.")
+    max_batch_size: int = Field(
+        10_000, ge=1, description="Most events (or items) one IngestEvents/UpsertItems call takes."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC message a server accepts or sends."
+    )
+    max_concurrent_rpcs: int = Field(
+        256, ge=1, description="RPCs in flight per server; beyond it calls get RESOURCE_EXHAUSTED."
+    )
+    db_workers: int = Field(4, ge=1, description="Threads a server uses for database calls.")
+    stop_grace_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight RPCs get to finish."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_format: str = Field("json", description="json (one object per line) or text.")

@@ -1,0 +1,203 @@
+"""Behaviour sequences for training and evaluation, read from the event store or from dataset
+files into one indexed form, split leave-one-out per user and padded into model inputs.
+
+Both sources go through the same records (`shared.datasets` turns files into the store's
+`EventRecord`/`ItemRecord`), so training from the store and from the same events in a file
+gives identical data. Torch-free: the ONNX evaluation path uses it too.
+"""
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.store import EventRecord, ItemRecord
+
+HOLDOUT_TEST = "test"  # literature: last event = test target, second-to-last = validation
+HOLDOUT_SERVING = "serving"  # for serving: last event = validation target, nothing else held out
+N_EVENT_TYPES = 7  # 0 padding, 1 view .. 6 review
+
+
+@dataclass
+class SequenceData:
+    """Per-user event sequences (oldest first) over an item vocabulary with item tags."""
+
+    item_vocab: list[str]  # model item index i + 1 <-> item_vocab[i]; 0 = padding
+    item_titles: list[str]  # aligned with item_vocab
+    tag_vocab: list[str]  # tag index j + 1 <-> tag_vocab[j]; 0 = padding
+    item_tags: np.ndarray  # (N + 1, T) int64 tag indices of each item, 0-padded; row 0 = padding
+    users: list[str]
+    items: list[np.ndarray]  # per user (n_u,) int64 item indices
+    types: list[np.ndarray]  # per user (n_u,) int64 event types
+    times: list[np.ndarray]  # per user (n_u,) int64 unix seconds
+    holdout: str = HOLDOUT_TEST
+    source: str = ""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vocab)
+
+    @property
+    def n_tags(self) -> int:
+        return len(self.tag_vocab)
+
+    def with_holdout(self, holdout: str) -> "SequenceData":
+        return SequenceData(**{**self.__dict__, "holdout": holdout})
+
+    def target_index(self, user: int, split: str) -> int:
+        """Position of the user's `split` target ("valid" or "test") in its sequence, or -1."""
+        n = len(self.items[user])
+        if self.holdout == HOLDOUT_TEST:
+            if n < 3:
+                return -1
+            return n - 2 if split == "valid" else n - 1
+        if split == "valid" and n >= 2:
+            return n - 1
+        return -1
+
+    def train_end(self, user: int) -> int:
+        """Events before this position are training data."""
+        valid = self.target_index(user, "valid")
+        return valid if valid >= 0 else len(self.items[user])
+
+    def fingerprint(self) -> str:
+        """sha256 over vocabulary, item features and every sequence (order included)."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.item_vocab).encode())
+        h.update("\x1f".join(self.tag_vocab).encode())
+        h.update(np.ascontiguousarray(self.item_tags).tobytes())
+        for user, items, types, times in zip(self.users, self.items, self.types, self.times):
+            h.update(user.encode())
+            h.update(items.tobytes())
+            h.update(types.tobytes())
+            h.update(times.tobytes())
+        h.update(self.holdout.encode())
+        return h.hexdigest()
+
+
+def from_records(
+    events: Iterable[EventRecord], catalogue: Iterable[ItemRecord], *, holdout: str, source: str = ""
+) -> SequenceData:
+    """Index events (any order across users; per user, ties keep their given order).
+
+    The vocabulary is every item that occurs in an event, sorted by id; an item's tags are its
+    catalogue tags plus its category.
+    """
+    per_user: dict[str, list[EventRecord]] = defaultdict(list)
+    for event in events:
+        per_user[event.user_id].append(event)
+    item_vocab = sorted({e.item_id for evs in per_user.values() for e in evs})
+    item_index = {item: i + 1 for i, item in enumerate(item_vocab)}
+
+    records = {item.item_id: item for item in catalogue}
+    item_tag_names = []
+    for item in item_vocab:
+        rec = records.get(item)
+        names = [*rec.tags, rec.category] if rec is not None else []
+        item_tag_names.append(list(dict.fromkeys(n for n in names if n)))
+    tag_vocab = sorted({t for names in item_tag_names for t in names})
+    tag_index = {t: j + 1 for j, t in enumerate(tag_vocab)}
+    width = max((len(names) for names in item_tag_names), default=0) or 1
+    item_tags = np.zeros((len(item_vocab) + 1, width), dtype=np.int64)
+    for i, names in enumerate(item_tag_names, start=1):
+        item_tags[i, : len(names)] = [tag_index[t] for t in names]
+    titles = [records[i].title if i in records else "" for i in item_vocab]
+
+    users = sorted(per_user)
+    items, types, times = [], [], []
+    for user in users:
+        evs = sorted(per_user[user], key=lambda e: e.occurred_at_us)  # stable
+        items.append(np.array([item_index[e.item_id] for e in evs], dtype=np.int64))
+        types.append(np.array([e.event_type for e in evs], dtype=np.int64).clip(0, N_EVENT_TYPES - 1))
+        times.append(np.array([e.occurred_at_us // 1_000_000 for e in evs], dtype=np.int64))
+    return SequenceData(item_vocab, titles, tag_vocab, item_tags, users, items, types, times,
+                        holdout, source)
+
+
+def load_files(spec: str, *, holdout: str = HOLDOUT_TEST) -> SequenceData:
+    """`s3rec:DIR/Beauty` (the S3-Rec Amazon files with that prefix) or `taobao:FILE.csv`."""
+    from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
+
+    kind, _, path = spec.partition(":")
+    if kind == "s3rec":
+        prefix = Path(path)
+        domain = read_s3rec(prefix.parent, prefix.name)
+        return from_records(s3rec_events(domain), s3rec_items(domain), holdout=holdout, source=spec)
+    if kind == "taobao":
+        data = read_taobao(path)
+        return from_records(data.events, data.items, holdout=holdout, source=spec)
+    raise ValueError(f"--data must look like s3rec:DIR/Beauty or taobao:FILE.csv, got {spec!r}")
+
+
+def load_store(database_url: str, *, holdout: str = HOLDOUT_SERVING) -> SequenceData:
+    """Every stored event and the catalogue, from the event store."""
+    from shared.store import EventStore, create_store_engine
+
+    store = EventStore(create_store_engine(database_url))
+    events = (event for event, _seq in store.iter_events())
+    return from_records(events, store.all_items(), holdout=holdout, source="store")
+
+
+def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
+    """(len(seqs), max_len) int64, each sequence's last max_len values right-aligned, 0 before."""
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        tail = seq[-max_len:]
+        if len(tail):
+            out[row, max_len - len(tail):] = tail
+    return out
+
+
+@dataclass
+class Inputs:
+    """Model inputs for a set of users, left-padded (B, L)."""
+
+    items: np.ndarray
+    types: np.ndarray
+    times: np.ndarray
+
+    def rows(self, index: np.ndarray) -> "Inputs":
+        return Inputs(self.items[index], self.types[index], self.times[index])
+
+
+def training_arrays(data: SequenceData, max_len: int) -> tuple[Inputs, np.ndarray]:
+    """Next-item examples over each user's training events: inputs e[:-1], targets e[1:]."""
+    ins, tys, tms, tgt = [], [], [], []
+    for u in range(len(data.users)):
+        end = data.train_end(u)
+        if end < 2:
+            continue
+        ins.append(data.items[u][: end - 1])
+        tys.append(data.types[u][: end - 1])
+        tms.append(data.times[u][: end - 1])
+        tgt.append(data.items[u][1:end])
+    inputs = Inputs(pad_left(ins, max_len), pad_left(tys, max_len), pad_left(tms, max_len))
+    return inputs, pad_left(tgt, max_len)
+
+
+@dataclass
+class EvalSet:
+    """Users with a target in one split: their history before the target, and the target."""
+
+    users: np.ndarray  # (U,) user indices into SequenceData.users
+    inputs: Inputs  # (U, L) the history, left-padded to max_len
+    targets: np.ndarray  # (U,) item indices
+    histories: list[np.ndarray]  # full histories (not truncated), for masking
+
+
+def eval_set(data: SequenceData, split: str, max_len: int) -> EvalSet:
+    users, hist_i, hist_ty, hist_tm, targets = [], [], [], [], []
+    for u in range(len(data.users)):
+        t = data.target_index(u, split)
+        if t < 1:
+            continue
+        users.append(u)
+        hist_i.append(data.items[u][:t])
+        hist_ty.append(data.types[u][:t])
+        hist_tm.append(data.times[u][:t])
+        targets.append(data.items[u][t])
+    inputs = Inputs(pad_left(hist_i, max_len), pad_left(hist_ty, max_len), pad_left(hist_tm, max_len))
+    return EvalSet(np.array(users, dtype=np.int64), inputs, np.array(targets, dtype=np.int64), hist_i)
