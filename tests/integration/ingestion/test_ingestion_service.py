@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from services.ingestion.server import SERVICE_NAME, build_server
@@ -177,31 +178,28 @@ def test_health_and_reflection(ingestion) -> None:  # type: ignore[no-untyped-de
 
 
 def test_a_failing_database_stores_nothing_of_the_batch(serve_in_process, database_url) -> None:  # type: ignore[no-untyped-def]
-    """The batch spans two INSERT statements; the second fails: UNAVAILABLE and no row kept."""
+    """The connection fails right after the batch's first INSERT ran: UNAVAILABLE, no row kept."""
     settings = Settings(database_url=database_url, max_batch_size=5000)
     server = serve_in_process(lambda: build_server(settings, port=0))
     engine = create_store_engine(database_url)
-    statements = []
+    inserts = []
 
-    # The server has its own engine; fail the second INSERT of any engine in this process.
-    def fail_second_insert(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
-            statements.append(statement)
-            if len(statements) == 2:
-                raise OperationalError(statement, parameters, Exception("simulated outage"))
+    def fail_after_first_insert(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "INSERT INTO EVENTS" in " ".join(statement.upper().split()):
+            inserts.append(statement)
+            raise OperationalError(statement, parameters, Exception("simulated outage"))
 
-    from sqlalchemy.engine import Engine
-
-    sa_event.listen(Engine, "before_cursor_execute", fail_second_insert)
+    # The server has its own engine: listen on every engine of this process.
+    sa_event.listen(Engine, "after_cursor_execute", fail_after_first_insert)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 ingest(stub, *(make_event(f"e{i}", user=f"u{i % 7}") for i in range(3000)))
     finally:
-        sa_event.remove(Engine, "before_cursor_execute", fail_second_insert)
+        sa_event.remove(Engine, "after_cursor_execute", fail_after_first_insert)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert len(statements) == 2
+    assert len(inserts) == 1  # the INSERT ran, then the transaction was rolled back
     assert EventStore(engine).count_events() == 0
     engine.dispose()
 

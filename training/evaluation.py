@@ -1,0 +1,162 @@
+"""The evaluation harness shared by the model (PyTorch or ONNX Runtime) and the baselines.
+
+Literature protocol: each user's target is ranked against ALL items with the user's history
+masked. Interest probabilities: the log-softmax of the scores, Platt-calibrated on validation,
+judged on the target against random items the user never interacted with. Interest shift: a
+test user is *shifted* when the target shares no informative tag with the last few history
+items. Torch-free; a scorer is any function from model inputs to (B, N) scores.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from training import metrics
+from training.data import EvalSet, Inputs, SequenceData, eval_set
+
+Scorer = Callable[[Inputs], np.ndarray]  # (B, L) inputs -> (B, N) scores, column j = item j + 1
+
+KS = (5, 10, 20)
+
+
+@dataclass
+class RawEval:
+    """Per-user outcomes of one split, enough to compute every metric."""
+
+    greater: np.ndarray  # (U,) items scoring above the target (history masked)
+    ties: np.ndarray  # (U,)
+    pos_logp: np.ndarray  # (U,) log-softmax score of the target (nothing masked, as served)
+    neg_logp: np.ndarray  # (U, K) of random items the user never interacted with
+    shifted: np.ndarray  # (U,) bool
+
+
+def sample_negatives(data: SequenceData, users: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(U, k) random item indices outside each user's whole sequence (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(users), k), dtype=np.int64)
+    for row, u in enumerate(users):
+        seen = set(data.items[u].tolist())
+        draw = rng.integers(1, data.n_items + 1, size=2 * k + len(seen))
+        fresh = [i for i in draw.tolist() if i not in seen][:k]
+        while len(fresh) < k:
+            i = int(rng.integers(1, data.n_items + 1))
+            if i not in seen:
+                fresh.append(i)
+        out[row] = fresh
+    return out
+
+
+def informative_tags(data: SequenceData, max_share: float = 0.5) -> list[set[int]]:
+    """Per item, its tags minus those carried by more than `max_share` of the catalogue (a
+    domain-wide tag such as a top-level category says nothing about a shift)."""
+    tags = data.item_tags[1:]
+    counts = np.bincount(tags.ravel(), minlength=data.n_tags + 1)
+    common = {t for t in range(1, data.n_tags + 1) if counts[t] > max_share * data.n_items}
+    return [set()] + [{int(t) for t in row if t and t not in common} for row in tags]
+
+
+def shifted_users(data: SequenceData, es: EvalSet, window: int = 5) -> np.ndarray:
+    """True where the target shares no informative tag with the last `window` history items."""
+    tags = informative_tags(data)
+    out = np.zeros(len(es.users), dtype=bool)
+    for row, (history, target) in enumerate(zip(es.histories, es.targets)):
+        recent = set().union(*(tags[i] for i in history[-window:]))
+        out[row] = not (tags[int(target)] & recent)
+    return out
+
+
+def ranks(es: EvalSet, scorer: Scorer, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Only the target ranks (history masked): the cheap path for per-epoch validation."""
+    greater, ties = [], []
+    for start in range(0, len(es.users), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(es.users)))
+        scores = np.array(scorer(es.inputs.rows(rows)), dtype=np.float32)  # (b, N)
+        target_col = es.targets[rows] - 1
+        target_score = scores[np.arange(len(rows)), target_col]
+        for r, row in enumerate(rows):
+            scores[r, es.histories[row] - 1] = -np.inf
+        scores[np.arange(len(rows)), target_col] = target_score
+        g, t = metrics.target_ranks(scores, target_col)
+        greater.append(g)
+        ties.append(t)
+    if not greater:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(greater), np.concatenate(ties)
+
+
+def collect(
+    data: SequenceData,
+    scorer: Scorer,
+    split: str,
+    max_len: int,
+    *,
+    batch_size: int = 512,
+    n_negatives: int = 100,
+    seed: int = 0,
+) -> RawEval:
+    """Ranks, log-softmax scores of target and negatives, and the shift flag of each user."""
+    es = eval_set(data, split, max_len)
+    negatives = sample_negatives(data, es.users, n_negatives, seed)
+    greater, ties, pos_logp, neg_logp = [], [], [], []
+    for start in range(0, len(es.users), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(es.users)))
+        scores = np.asarray(scorer(es.inputs.rows(rows)), dtype=np.float64)  # (b, N)
+        target_col = es.targets[rows] - 1
+        top = scores.max(axis=1, keepdims=True)
+        logp = scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))  # (b, N)
+        pos_logp.append(logp[np.arange(len(rows)), target_col])
+        neg_logp.append(np.take_along_axis(logp, negatives[rows] - 1, axis=1))
+        target_score = scores[np.arange(len(rows)), target_col]
+        for r, row in enumerate(rows):  # mask the history; a repeated target stays rankable
+            scores[r, es.histories[row] - 1] = -np.inf
+        scores[np.arange(len(rows)), target_col] = target_score
+        g, t = metrics.target_ranks(scores, target_col)
+        greater.append(g)
+        ties.append(t)
+    cat = np.concatenate
+    return RawEval(cat(greater), cat(ties), cat(pos_logp), cat(neg_logp) if neg_logp else
+                   np.zeros((0, n_negatives)), shifted_users(data, es))
+
+
+def summarize(raw: RawEval, calibration: tuple[float, float] | None = None) -> dict[str, float]:
+    """Ranking metrics, shifted/stable NDCG@10, AUC/GAUC and P/R/F1 at 0.5 (balanced pairs:
+    the target and one random non-interacted item per user) of calibrated probabilities."""
+    out = metrics.ranking_metrics(raw.greater, raw.ties, KS)
+    out["users"] = float(len(raw.greater))
+    for name, group in (("shifted", raw.shifted), ("stable", ~raw.shifted)):
+        out[f"NDCG@10_{name}"] = metrics.ranking_metrics(raw.greater[group], raw.ties[group], (10,))["NDCG@10"]
+        out[f"users_{name}"] = float(group.sum())
+    out["AUC"] = metrics.auc(raw.pos_logp, raw.neg_logp)
+    out["GAUC"] = metrics.gauc(raw.pos_logp, raw.neg_logp)
+    if calibration is not None and raw.neg_logp.shape[1] > 0:
+        a, b = calibration
+        probs = metrics.sigmoid(a * np.concatenate([raw.pos_logp, raw.neg_logp[:, 0]]) + b)
+        labels = np.r_[np.ones(len(raw.pos_logp)), np.zeros(len(raw.pos_logp))]
+        out.update(metrics.precision_recall_f1(probs, labels, 0.5))
+    return out
+
+
+def fit_calibration(raw: RawEval) -> tuple[float, float]:
+    """Platt scaling of the log-softmax score, fitted on (validation) targets vs negatives with
+    balanced class weights: p = sigmoid(a * logp + b)."""
+    x = np.concatenate([raw.pos_logp, raw.neg_logp.ravel()])
+    y = np.r_[np.ones(len(raw.pos_logp)), np.zeros(raw.neg_logp.size)]
+    return metrics.fit_platt(x, y, balance=True)
+
+
+def evaluate(
+    data: SequenceData,
+    scorer: Scorer,
+    max_len: int,
+    *,
+    split: str = "test",
+    calibration: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every metric of one split; fits the calibration on validation when none is given."""
+    if calibration is None:
+        calibration = fit_calibration(collect(data, scorer, "valid", max_len, seed=seed + 1))
+    out = summarize(collect(data, scorer, split, max_len, seed=seed), calibration)
+    out["calibration_a"], out["calibration_b"] = calibration
+    return out

@@ -1,0 +1,160 @@
+"""ONNX export of the model's inference path, parity check against PyTorch on real sequences,
+and atomic publication of the model package (see `shared.model_package` for the contract)."""
+
+import shutil
+import warnings
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from shared import model_package as pkg
+from training.data import SequenceData, eval_set
+from training.model import ShiftRec
+
+OPSET = 17
+SCORE_TOLERANCE = 1e-4
+TOP_K = 10
+PARITY_USERS = 256  # real sequences compared between ONNX Runtime and PyTorch
+SAMPLE_USERS = 4  # of which a few go into the manifest for the serving side to re-check
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree; the package is not published."""
+
+
+class ServingModel(nn.Module):
+    """The inference path with constants baked in: the item table (id + attribute embeddings,
+    folded) and the Platt calibration of the log-softmax score."""
+
+    def __init__(self, model: ShiftRec, calibration: tuple[float, float]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        with torch.no_grad():
+            self.register_buffer("table", model.item_table().detach().clone())  # (N+1, D)
+        self.register_buffer("cal", torch.tensor(calibration, dtype=torch.float32))  # (2,)
+
+    def forward(
+        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores, user = self.model.score(items, types, times, table=self.table)  # (B, N), (B, D)
+        logp = torch.log_softmax(scores, dim=-1)  # (B, N)
+        probs = torch.sigmoid(self.cal[0] * logp + self.cal[1])  # (B, N)
+        return scores, probs, user
+
+
+def new_version(fingerprint: str) -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + fingerprint[:8]
+
+
+def parity_inputs(data: SequenceData, max_len: int, n: int = PARITY_USERS) -> dict[str, np.ndarray]:
+    """Real histories: the inputs of each user's last prediction (validation or test split)."""
+    split = "test" if eval_set(data, "test", max_len).users.size else "valid"
+    es = eval_set(data, split, max_len)
+    if es.users.size == 0:
+        raise ParityError("no user has a history to check parity on")
+    # a spread of users, longest histories included, so padding and full windows are both seen
+    order = np.argsort(-(es.inputs.items > 0).sum(axis=1), kind="stable")
+    rows = np.unique(np.r_[order[: n // 4], np.linspace(0, len(order) - 1, n - n // 4).astype(int)])
+    return {pkg.INPUT_ITEM_IDS: es.inputs.items[rows], pkg.INPUT_EVENT_TYPES: es.inputs.types[rows],
+            pkg.INPUT_TIMESTAMPS: es.inputs.times[rows]}
+
+
+def top_k_agree(reference: np.ndarray, other: np.ndarray, k: int = TOP_K, tie: float = 1e-6) -> bool:
+    """Identical top-k per row; a swap is tolerated only between reference scores that tie."""
+    ref_top = np.argsort(-reference, axis=1, kind="stable")[:, :k]
+    oth_top = np.argsort(-other, axis=1, kind="stable")[:, :k]
+    for r in range(len(reference)):
+        if np.array_equal(ref_top[r], oth_top[r]):
+            continue
+        if not np.allclose(reference[r, ref_top[r]], reference[r, oth_top[r]], atol=tie, rtol=0):
+            return False
+    return True
+
+
+def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(list(pkg.OUTPUT_NAMES), feeds)
+    with torch.no_grad():
+        want = [t.cpu().numpy() for t in serving(*(torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES))]
+    diffs = {name: float(np.abs(g - w).max()) for name, g, w in zip(pkg.OUTPUT_NAMES, got, want)}
+    if max(diffs.values()) > SCORE_TOLERANCE:
+        raise ParityError(f"ONNX Runtime vs PyTorch max abs difference {diffs} > {SCORE_TOLERANCE}")
+    if not top_k_agree(want[0], got[0]):
+        raise ParityError("ONNX Runtime and PyTorch top-10 differ")
+    return {f"max_abs_diff_{k}": v for k, v in diffs.items()} | {"users": float(len(want[0]))}
+
+
+def export_onnx(serving: ServingModel, path: Path, max_len: int) -> None:
+    example = tuple(torch.ones(2, max_len, dtype=torch.int64) for _ in pkg.INPUT_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            serving, example, str(path), dynamo=False, opset_version=OPSET,
+            input_names=list(pkg.INPUT_NAMES), output_names=list(pkg.OUTPUT_NAMES),
+            dynamic_axes={n: {0: "batch"} for n in (*pkg.INPUT_NAMES, *pkg.OUTPUT_NAMES)},
+        )
+
+
+def export_package(
+    trained: Any,
+    data: SequenceData,
+    calibration: tuple[float, float],
+    report: dict[str, Any],
+    model_dir: str | Path,
+    *,
+    version: str | None = None,
+    parent_version: str | None = None,
+) -> Path:
+    """Export, check parity, write the manifest and curve, publish atomically; return the path."""
+    from training.train import save_curve
+
+    cfg = trained.model_cfg
+    model = trained.model.to("cpu").eval()
+    serving = ServingModel(model, calibration).eval()
+    fingerprint = data.fingerprint()
+    version = version or new_version(fingerprint)
+    staged = pkg.staging_dir(model_dir, version)
+    try:
+        onnx_path = staged / pkg.MODEL_FILE
+        export_onnx(serving, onnx_path, cfg.max_len)
+        feeds = parity_inputs(data, cfg.max_len)
+        parity = check_parity(onnx_path, serving, feeds)
+        sample = {n: feeds[n][:SAMPLE_USERS] for n in pkg.INPUT_NAMES}
+        with torch.no_grad():
+            scores, probs, _ = serving(*(torch.from_numpy(sample[n]) for n in pkg.INPUT_NAMES))
+        top_scores, top_idx = scores.topk(TOP_K, dim=1)
+        manifest = pkg.Manifest(
+            version=version,
+            created_at=datetime.now(timezone.utc).isoformat(),
+            data_fingerprint=fingerprint,
+            item_vocab=list(data.item_vocab),
+            config={"model": asdict(cfg), "train": asdict(trained.train_cfg)},
+            max_len=cfg.max_len,
+            dim=cfg.dim,
+            calibration={"a": calibration[0], "b": calibration[1]},
+            metrics={"split": report.get("split"), **report.get("metrics", {}),
+                     "best_epoch": report.get("best_epoch"), "train_seconds": report.get("train_seconds"),
+                     "parity": parity},
+            parity_sample={
+                "inputs": {n: sample[n].tolist() for n in pkg.INPUT_NAMES},
+                "top10_item_ids": [[data.item_vocab[j] for j in row] for row in top_idx.tolist()],
+                "top10_scores": top_scores.tolist(),
+                "top10_probabilities": probs.gather(1, top_idx).tolist(),
+                "tolerance": SCORE_TOLERANCE,
+            },
+            parent_version=parent_version,
+            data_source=data.source,
+        )
+        (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())
+        save_curve(trained.history, staged / pkg.CURVE_FILE)
+        return pkg.publish_package(staged, model_dir, version)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise

@@ -1,0 +1,233 @@
+"""Train the ShiftRec model as a straight line: defaults, setup, data, model, loop with early
+stopping on validation NDCG@10, evaluation, calibration, export."""
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import evaluation
+from training.data import HOLDOUT_TEST, Inputs, SequenceData, eval_set, training_arrays
+from training.model import ModelConfig, ShiftRec
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200  # upper bound; early stopping usually ends a run sooner
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW decoupled decay; dropout does the regularising here
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    max_minutes: float = 18.0  # wall-clock budget for the loop (the default run fits 20 min)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 2  # CPU threads for torch
+
+
+@dataclass
+class Trained:
+    model: ShiftRec
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    best_valid_ndcg10: float = 0.0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route `--config` JSON keys to the model or the training config; unknown keys fail."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - model_keys - train_keys
+    if unknown:
+        raise ValueError(f"unknown config fields: {sorted(unknown)}")
+    return ({k: v for k, v in overrides.items() if k in model_keys},
+            {k: v for k, v in overrides.items() if k in train_keys})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def to_tensors(inputs: Inputs, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
+                 (inputs.items, inputs.types, inputs.times))
+
+
+def torch_scorer(model: ShiftRec, device: torch.device) -> evaluation.Scorer:
+    """A harness scorer running the model's inference path under no_grad."""
+    def score(inputs: Inputs) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            scores, _ = model.score(*to_tensors(inputs, device))
+        return scores.float().cpu().numpy()
+    return score
+
+
+def train(
+    data: SequenceData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    on_epoch: Any = None,
+) -> Trained:
+    # setup
+    torch.manual_seed(train_cfg.seed)
+    torch.set_num_threads(train_cfg.threads)
+    rng = np.random.default_rng(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    model_cfg = ModelConfig(**{**asdict(model_cfg), "n_items": data.n_items, "n_tags": data.n_tags})
+
+    # data
+    inputs, targets = training_arrays(data, model_cfg.max_len)
+    lengths = (inputs.items > 0).sum(axis=1)
+    valid_set = eval_set(data, "valid", model_cfg.max_len)
+
+    # model
+    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scorer = torch_scorer(model, device)
+
+    # loop
+    result = Trained(model, model_cfg, train_cfg, device=str(device))
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs, started = 0, time.perf_counter()
+    n_batches = math.ceil(len(lengths) / train_cfg.batch_size)
+    bar = _progress(train_cfg.epochs, progress)
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        t0, total = time.perf_counter(), 0.0
+        order = rng.permutation(len(lengths))
+        for b in range(n_batches):
+            rows = order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]
+            width = max(int(lengths[rows].max()), 1)  # drop columns that are padding everywhere
+            batch = Inputs(*(a[rows, -width:] for a in (inputs.items, inputs.types, inputs.times)))
+            y = torch.from_numpy(targets[rows, -width:]).to(device)
+            loss = model.loss(*to_tensors(batch, device), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+        train_seconds = time.perf_counter() - t0
+        greater, ties = evaluation.ranks(valid_set, scorer)
+        valid = evaluation.metrics.ranking_metrics(greater, ties, (10,))
+        row = {"epoch": epoch, "loss": total / max(n_batches, 1), "valid_NDCG@10": valid["NDCG@10"],
+               "valid_HR@10": valid["HR@10"], "epoch_seconds": train_seconds,
+               "elapsed_seconds": time.perf_counter() - started}
+        result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if valid["NDCG@10"] > result.best_valid_ndcg10:
+            result.best_valid_ndcg10, result.best_epoch = valid["NDCG@10"], epoch
+            best_state, bad_epochs = copy.deepcopy(model.state_dict()), 0
+        else:
+            bad_epochs += 1
+        bar.set_postfix(loss=f"{row['loss']:.4f}", val_ndcg10=f"{valid['NDCG@10']:.4f}",
+                        best=f"{result.best_valid_ndcg10:.4f}@{result.best_epoch}")
+        bar.update(1)
+        if bad_epochs >= train_cfg.patience or row["elapsed_seconds"] > 60 * train_cfg.max_minutes:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="epoch", disable=not enabled, dynamic_ncols=True)
+
+
+def save_curve(history: list[dict[str, float]], path: Path) -> None:
+    """Training loss and validation NDCG@10 per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [r["valid_NDCG@10"] for r in history], color="tab:red", label="valid NDCG@10")
+    ax2.set_ylabel("valid NDCG@10", color="tab:red")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(
+    *,
+    data: SequenceData,
+    out: str | None,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report."""
+    # defaults, with --config / flags on top
+    model_over, train_over = split_overrides(overrides or {})
+    train_over.update({"device": device, "seed": seed})
+    if epochs is not None:
+        train_over["epochs"] = epochs
+    model_cfg, train_cfg = ModelConfig(**model_over), TrainConfig(**train_over)
+
+    # model and loop
+    trained = train(data, model_cfg, train_cfg, progress=progress)
+    dev = torch.device(trained.device)
+
+    # evaluation (test split in the literature setting, validation when training for serving)
+    scorer = torch_scorer(trained.model, dev)
+    calibration = evaluation.fit_calibration(
+        evaluation.collect(data, scorer, "valid", trained.model_cfg.max_len, seed=seed + 1))
+    split = "test" if data.holdout == HOLDOUT_TEST else "valid"
+    metrics = evaluation.evaluate(data, scorer, trained.model_cfg.max_len, split=split,
+                                  calibration=calibration, seed=seed)
+    report = {
+        "split": split,
+        "metrics": metrics,
+        "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history),
+        "train_seconds": trained.seconds,
+        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in trained.history])),
+        "config": {"model": asdict(trained.model_cfg), "train": asdict(trained.train_cfg)},
+        "history": trained.history,
+    }
+
+    # export
+    if out is not None:
+        from training.export import export_package
+
+        package = export_package(trained, data, calibration, report, out, version=version)
+        report["package"] = str(package)
+    return report
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column table of the metrics."""
+    return "\n".join(f"  {k:<20} {v:.4f}" if isinstance(v, float) else f"  {k:<20} {v}"
+                     for k, v in metrics.items())
+
+
+def load_overrides(path: str | None) -> dict[str, Any]:
+    return json.loads(Path(path).read_text()) if path else {}
