@@ -30,13 +30,13 @@ $(GEN_STAMP): $(PROTO_SRC) $(STAMP)
 protos: $(GEN_STAMP)  ## generate Python code and .pyi stubs from protos/ into gen/
 
 test: setup  ## run the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests
 
 lint: setup  ## ruff
 	$(BIN)/ruff check services training shared tests
 
 bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the raw insert rate
-	$(BIN)/python -m benchmarks.ingest --out var/bench/ingest.json
+	$(BIN)/python -m tests.bench.ingest --out var/bench/ingest.json
 
 clean:  ## remove generated code, the virtualenv and local data
 	rm -rf gen $(VENV) var .pytest_cache
