@@ -24,6 +24,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.service == "ingestion":
         from services.ingestion.server import serve
+    elif args.service == "features":
+        from services.features.server import serve
     else:
         print(f"shiftrec: the {args.service} service is not available in this build", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -14,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from shared.settings import Settings
 from shared.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -23,6 +25,13 @@ from shared.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def run_blocking(executor: Executor, fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking core call (database, model) on `executor`, off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 _CODES: dict[type[ShiftRecError], int] = {
     InvalidArgument: code_pb2.INVALID_ARGUMENT,
@@ -160,3 +169,21 @@ class GrpcServer:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.stop()
+
+
+def server_from_settings(
+    settings: Settings,
+    services: Iterable[Service],
+    port: int,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+) -> GrpcServer:
+    """A GrpcServer with the limits and grace period from `settings`."""
+    return GrpcServer(
+        services,
+        host=settings.bind_host,
+        port=port,
+        max_message_bytes=settings.max_message_bytes,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        stop_grace_seconds=settings.stop_grace_seconds,
+        interceptors=interceptors,
+    )

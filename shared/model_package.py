@@ -134,6 +134,7 @@ def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> 
     final = root / version
     if final.exists():
         raise FileExistsError(f"{final} already exists")
+    os.chmod(staged, 0o755)  # mkdtemp makes it private; readers may run as another user
     for child in staged.iterdir():
         _fsync_file(child)
     _fsync_dir(staged)

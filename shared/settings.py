@@ -35,5 +35,8 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight RPCs get to finish."
     )
+    history_length: int = Field(
+        50, ge=1, le=10_000, description="Events GetUserHistory returns when no limit is asked."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", description="json (one object per line) or text.")

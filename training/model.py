@@ -152,10 +152,11 @@ class ShiftRec(nn.Module):
         x = table[items] + self.pos_emb(positions)  # (B, L, D); positions count back from the end
         if self.cfg.use_types:
             x = x + self.type_emb(types)
-        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # (L, L)
+        idx = torch.arange(L, device=items.device)
+        causal = idx[None, :] <= idx[:, None]  # (L, L) key <= query
         # a key is visible if it is a real event at or before the query; a padding query sees
         # only itself, which keeps its softmax defined (its output is never used)
-        visible = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=items.device)
+        visible = (causal & valid[:, None, :]) | (idx[None, :] == idx[:, None])  # (B, L, L)
         bias = torch.where(visible, 0.0, NEG_INF)[:, None]  # (B, 1, L, L)
         if self.cfg.use_time:
             prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)  # (B, L)

@@ -110,9 +110,7 @@ def train(
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
         t0, total = time.perf_counter(), 0.0
-        order = rng.permutation(len(lengths))
-        for b in range(n_batches):
-            rows = order[b * train_cfg.batch_size : (b + 1) * train_cfg.batch_size]
+        for rows in _batches(lengths, train_cfg.batch_size, rng):
             width = max(int(lengths[rows].max()), 1)  # drop columns that are padding everywhere
             batch = Inputs(*(a[rows, -width:] for a in (inputs.items, inputs.types, inputs.times)))
             y = torch.from_numpy(targets[rows, -width:]).to(device)
@@ -120,7 +118,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
         train_seconds = time.perf_counter() - t0
         greater, ties = evaluation.ranks(valid_set, scorer)
         valid = evaluation.metrics.ranking_metrics(greater, ties, (10,))
@@ -145,6 +143,18 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: rows are shuffled, sorted by length within windows
+    of 16 batches, cut into batches, and the batches shuffled. Batches then carry little
+    padding, which the loop trims."""
+    order = rng.permutation(len(lengths))
+    window = 16 * batch_size
+    parts = [order[i : i + window] for i in range(0, len(order), window)]
+    order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -1,12 +1,6 @@
-"""python -m services.ingestion: run the ingestion server with settings from the environment."""
+"""python -m services.ingestion: the same as `shiftrec serve ingestion`."""
 
-import asyncio
-
-from services.ingestion.server import serve
-from shared.logs import configure_logging
-from shared.settings import Settings
+from shared.cli import main
 
 if __name__ == "__main__":
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    raise SystemExit(main(["serve", "ingestion"]))

@@ -1,17 +1,13 @@
 """IngestionService over gRPC: proto -> domain, call the core off the event loop, domain -> proto."""
 
-import asyncio
-from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
 
 import grpc
 
+from shared.grpc_server import run_blocking
 from services.ingestion.ingest import IncomingEvent, Ingestor
 from shared.protos import item_from_proto, timestamp_us
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-
-T = TypeVar("T")
 
 
 def incoming_event(event: common_pb2.Event) -> IncomingEvent:
@@ -33,14 +29,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self.ingestor = ingestor
         self.executor = executor
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
     async def IngestEvents(
         self, request: ingestion_pb2.IngestEventsRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.IngestEventsResponse:
         events = [incoming_event(e) for e in request.events]
-        results = await self._run(self.ingestor.ingest_events, events)
+        results = await run_blocking(self.executor, self.ingestor.ingest_events, events)
         response = ingestion_pb2.IngestEventsResponse()
         counts = {1: 0, 2: 0, 3: 0}
         for r in results:
@@ -53,10 +46,10 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.UpsertItemsResponse:
         items = [item_from_proto(i) for i in request.items]
-        return ingestion_pb2.UpsertItemsResponse(upserted=await self._run(self.ingestor.upsert_items, items))
+        return ingestion_pb2.UpsertItemsResponse(upserted=await run_blocking(self.executor, self.ingestor.upsert_items, items))
 
     async def DeleteUser(
         self, request: ingestion_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.DeleteUserResponse:
-        deleted = await self._run(self.ingestor.delete_user, request.user_id)
+        deleted = await run_blocking(self.executor, self.ingestor.delete_user, request.user_id)
         return ingestion_pb2.DeleteUserResponse(deleted_events=deleted)

@@ -1,10 +1,14 @@
 """Engine creation (SQLite pragmas, PostgreSQL pool) and schema upgrades through Alembic."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url
+
+if TYPE_CHECKING:
+    from shared.store.store import EventStore
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -32,6 +36,16 @@ def create_store_engine(database_url: str, *, pool_size: int = 8) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+
+
+def open_store(database_url: str, *, pool_size: int = 8, migrate: bool = True) -> "EventStore":
+    """An EventStore over a new engine, its schema migrated to head first when `migrate`."""
+    from shared.store.store import EventStore
+
+    engine = create_store_engine(database_url, pool_size=pool_size)
+    if migrate:
+        upgrade_schema(engine)
+    return EventStore(engine)
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:

@@ -1,0 +1,1 @@
+"""FeatureService: each user's fresh behaviour history and the catalogue, from the event store."""
