@@ -27,8 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.service == "features":
         from services.features.server import serve
     else:
-        print(f"shiftrec: the {args.service} service is not available in this build", file=sys.stderr)
-        return 2
+        from services.inference.server import serve
     asyncio.run(serve(settings, args.port))
     return 0
 

@@ -38,5 +38,28 @@ class Settings(BaseSettings):
     history_length: int = Field(
         50, ge=1, le=10_000, description="Events GetUserHistory returns when no limit is asked."
     )
+    model_dir: str = Field(
+        "var/models", description="Model directory: one folder per version and a LATEST file."
+    )
+    model_poll_seconds: float = Field(
+        2.0, gt=0, description="How often inference looks for a newly published model."
+    )
+    inference_device: str = Field(
+        "auto", pattern="^(auto|cpu|cuda)$", description="ONNX Runtime device: auto, cpu or cuda."
+    )
+    inference_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per call.")
+    inference_workers: int = Field(2, ge=1, description="Model calls that may run at once.")
+    features_target: str = Field("127.0.0.1:50052", description="FeatureService host:port.")
+    features_timeout_seconds: float = Field(
+        0.25, gt=0, description="Deadline of inference's GetUserHistory calls."
+    )
+    inference_history_limit: int = Field(
+        1000, ge=1, le=10_000,
+        description="Events inference fetches per user (the model reads the last max_len; "
+        "all of them are masked as seen and feed the interest profile).",
+    )
+    recent_window: int = Field(
+        10, ge=1, le=1000, description="Default size of the recent window of interest profiles."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", description="json (one object per line) or text.")

@@ -1,0 +1,171 @@
+"""The inference core: recommendations, interest probabilities and profiles from a user's
+history and the current model. Plain values in and out; no gRPC here."""
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.inference.profile import InterestProfile, cosine_distance, interest_profile
+from services.inference.registry import ModelRegistry
+from services.inference.runtime import ModelRuntime, Step
+from shared.errors import InvalidArgument
+from shared.validation import id_problem
+
+MAX_K = 1000
+MAX_SCORE_ITEMS = 1000
+MAX_RECENT_WINDOW = 1000
+
+
+class Strategy(enum.IntEnum):
+    """How a list was produced; values match shiftrec.v1.Strategy."""
+
+    MODEL = 1
+    RECENT_POPULAR = 2
+    FALLBACK_FEATURES_UNAVAILABLE = 3
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[tuple[str, float]]
+    strategy: Strategy
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    items: list[tuple[str, float]]
+    unknown: list[str]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    interest: InterestProfile
+    model_shift: float
+    model_version: str
+
+
+def check_user(user_id: str) -> None:
+    problem = id_problem(user_id)
+    if problem:
+        raise InvalidArgument([("user_id", problem)])
+
+
+def check_recommend(user_id: str, k: int, exclude: Sequence[str]) -> None:
+    violations = []
+    if problem := id_problem(user_id):
+        violations.append(("user_id", problem))
+    if not 1 <= k <= MAX_K:
+        violations.append(("k", f"must be within 1..{MAX_K} (got {k})"))
+    if len(exclude) > MAX_SCORE_ITEMS:
+        violations.append(("exclude_item_ids", f"at most {MAX_SCORE_ITEMS} ids (got {len(exclude)})"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def check_score(user_id: str, item_ids: Sequence[str]) -> None:
+    violations = []
+    if problem := id_problem(user_id):
+        violations.append(("user_id", problem))
+    if not 1 <= len(item_ids) <= MAX_SCORE_ITEMS:
+        violations.append(("item_ids", f"must hold 1..{MAX_SCORE_ITEMS} ids (got {len(item_ids)})"))
+    violations += [(f"item_ids[{i}]", p) for i, item in enumerate(item_ids) if (p := id_problem(item))]
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def check_profile(user_id: str, recent_window: int) -> None:
+    violations = []
+    if problem := id_problem(user_id):
+        violations.append(("user_id", problem))
+    if not 0 <= recent_window <= MAX_RECENT_WINDOW:
+        violations.append(("recent_window", f"must be within 0..{MAX_RECENT_WINDOW} (got {recent_window})"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _allowed_mask(
+    runtime: ModelRuntime, seen: Sequence[str], exclude: Sequence[str], category: str | None, include_seen: bool
+) -> np.ndarray:
+    allowed = np.ones(len(runtime.item_vocab), dtype=bool)
+    if not include_seen:
+        allowed[runtime.known_indices(seen)] = False
+    allowed[runtime.known_indices(exclude)] = False
+    if category is not None:
+        allowed &= runtime.item_categories == category
+    return allowed
+
+
+def _top_k(scores: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+    candidates = np.flatnonzero(allowed)
+    if len(candidates) > k:
+        part = np.argpartition(-scores[candidates], k - 1)[:k]
+        candidates = candidates[part]
+    return candidates[np.lexsort((candidates, -scores[candidates]))]  # best first, ties by index
+
+
+class Inference:
+    """Answers the three questions for a user's history with the model the registry holds."""
+
+    def __init__(self, registry: ModelRegistry, default_recent_window: int = 10) -> None:
+        self.registry = registry
+        self.default_recent_window = default_recent_window
+
+    def popular(
+        self, k: int, category: str | None, exclude: Sequence[str], seen: Sequence[str] = (),
+        strategy: Strategy = Strategy.RECENT_POPULAR,
+    ) -> Recommendations:
+        """Recently popular items (from the model package), filtered like model results."""
+        runtime = self.registry.current()
+        allowed = _allowed_mask(runtime, seen, exclude, category, include_seen=False)
+        picked = []
+        for rank, item in enumerate(runtime.popular_items):
+            if allowed[runtime.item_index[item] - 1]:
+                picked.append((item, 1.0 / (rank + 1)))
+                if len(picked) == k:
+                    break
+        return Recommendations(picked, strategy, runtime.version)
+
+    def recommend(
+        self, history: Sequence[Step], k: int, category: str | None, exclude: Sequence[str], include_seen: bool
+    ) -> Recommendations:
+        runtime = self.registry.current()
+        feeds = runtime.encode([history])
+        if not feeds["item_ids"].any():  # no usable history: nothing for the model to read
+            return self.popular(k, category, exclude, [s.item_id for s in history])
+        scores, _, _ = runtime.run(feeds)
+        allowed = _allowed_mask(runtime, [s.item_id for s in history], exclude, category, include_seen)
+        top = _top_k(scores[0], allowed, k)
+        items = [(runtime.item_vocab[i], float(scores[0, i])) for i in top]
+        return Recommendations(items, Strategy.MODEL, runtime.version)
+
+    def score_items(self, history: Sequence[Step], item_ids: Sequence[str]) -> Probabilities:
+        """Calibrated probabilities. With no usable history every item gets the model's
+        no-information prior (the calibration applied to a uniform log-probability)."""
+        runtime = self.registry.current()
+        known = [i for i in item_ids if i in runtime.item_index]
+        unknown = [i for i in item_ids if i not in runtime.item_index]
+        feeds = runtime.encode([history])
+        if feeds["item_ids"].any():
+            _, probabilities, _ = runtime.run(feeds)
+            row = probabilities[0]
+            values = [float(row[runtime.item_index[i] - 1]) for i in known]
+        else:
+            cal = runtime.manifest.calibration
+            prior = 1.0 / (1.0 + np.exp(-(cal["a"] * -np.log(len(runtime.item_vocab)) + cal["b"])))
+            values = [float(prior)] * len(known)
+        return Probabilities(list(zip(known, values, strict=True)), unknown, runtime.version)
+
+    def profile(self, history: Sequence[Step], categories: Sequence[str], recent_window: int) -> Profile:
+        runtime = self.registry.current()
+        window = recent_window or self.default_recent_window
+        interest = interest_profile(categories, [s.event_type for s in history], window)
+        shift = 0.0
+        if len(history) > window:
+            feeds = runtime.encode([history, history[-window:]])
+            if feeds["item_ids"][1].any():
+                _, _, user = runtime.run(feeds)
+                shift = cosine_distance(user[0], user[1])
+        return Profile(interest, shift, runtime.version)

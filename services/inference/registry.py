@@ -1,0 +1,72 @@
+"""The model being served, and hot reload: a new version published in the model directory is
+loaded, warmed up and parity-checked off to the side, then swapped in with one assignment;
+a broken package is refused (logged, counted) and the current model keeps serving. No gRPC."""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.inference.runtime import ModelRuntime, PackageError
+from shared import model_package as pkg
+from shared.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegistryStats:
+    loads: int = 0
+    load_failures: int = 0
+    refused_versions: list[str] = field(default_factory=list)
+
+
+class ModelRegistry:
+    """Holds the current ModelRuntime. Requests take `current()` once and use that object to the
+    end, so a swap never changes the model under a request in flight."""
+
+    def __init__(self, model_dir: str | Path, *, device: str = "auto", threads: int = 1) -> None:
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.threads = threads
+        self.stats = RegistryStats()
+        self._current: ModelRuntime | None = None
+        self._refused: set[str] = set()
+        self._lock = threading.Lock()  # one load at a time
+
+    def current(self) -> ModelRuntime:
+        runtime = self._current
+        if runtime is None:
+            raise FailedPrecondition(f"no model published in {self.model_dir} yet")
+        return runtime
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def refresh(self) -> bool:
+        """Load the version LATEST names if it is new and not refused before; True if swapped."""
+        with self._lock:
+            version = pkg.latest_version(self.model_dir)
+            current = self._current.version if self._current else None
+            if version is None or version == current or version in self._refused:
+                return False
+            try:
+                runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads)
+                if runtime.version != version:
+                    raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")
+                runtime.warm_up()
+                diff = runtime.check_parity()
+            except PackageError as exc:
+                self._refused.add(version)
+                self.stats.load_failures += 1
+                self.stats.refused_versions.append(version)
+                log.error("model refused; still serving the previous one",
+                          extra={"version": version, "serving": current, "error": str(exc)})
+                return False
+            self._current = runtime  # the swap: one reference assignment
+            self.stats.loads += 1
+            log.info("model loaded", extra={"version": version, "previous": current,
+                                            "provider": runtime.provider, "parity_max_diff": diff,
+                                            "items": len(runtime.item_vocab)})
+            return True

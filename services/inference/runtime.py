@@ -1,0 +1,139 @@
+"""One loaded model package in ONNX Runtime: encoding of histories into model inputs, the
+session (CUDA when there is a GPU, CPU otherwise), warm-up and the parity re-check. No gRPC."""
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from shared import model_package as pkg
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+N_EVENT_TYPES = 7  # 0 padding, 1 view .. 6 review
+
+
+class PackageError(RuntimeError):
+    """A model package that cannot be served (unreadable, inconsistent, or fails parity)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One event of a history as the model sees it."""
+
+    item_id: str
+    event_type: int
+    occurred_at_us: int
+
+
+def gpu_present() -> bool:
+    """A CUDA device node exists (asking ORT for CUDA without one only produces errors)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
+
+
+def choose_providers(device: str) -> list[str]:
+    """Execution providers to ask for: `cuda`, `cpu`, or `auto` (CUDA when usable)."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda" or (device == "auto" and CUDA in available and gpu_present()):
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN libraries shipped by a PyTorch install, if any
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class ModelRuntime:
+    """A model package ready to serve. Thread-safe: ONNX Runtime sessions allow concurrent run()."""
+
+    def __init__(self, package_dir: str | Path, *, device: str = "auto", threads: int = 1) -> None:
+        self.package_dir = Path(package_dir)
+        try:
+            self.manifest = pkg.load_manifest(self.package_dir)
+        except (OSError, ValueError, TypeError) as exc:
+            raise PackageError(f"{self.package_dir}: unreadable manifest: {exc}") from exc
+        self.version = self.manifest.version
+        self.max_len = self.manifest.max_len
+        self.item_vocab = self.manifest.item_vocab
+        self.item_index = {item: i + 1 for i, item in enumerate(self.item_vocab)}
+        categories = getattr(self.manifest, "item_categories", None) or [""] * len(self.item_vocab)
+        if len(categories) != len(self.item_vocab):
+            raise PackageError(f"{self.package_dir}: item_categories do not match item_vocab")
+        self.item_categories = np.array(categories, dtype=object)
+        self.popular_items = [i for i in (getattr(self.manifest, "popular_items", None) or []) if i in self.item_index]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(self.package_dir / pkg.MODEL_FILE), options, providers=choose_providers(device)
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise PackageError(f"{self.package_dir}: cannot load model: {exc}") from exc
+        self.provider = self.session.get_providers()[0]
+        names = [o.name for o in self.session.get_outputs()]
+        if names != list(pkg.OUTPUT_NAMES) or [i.name for i in self.session.get_inputs()] != list(pkg.INPUT_NAMES):
+            raise PackageError(f"{self.package_dir}: model inputs/outputs differ from the contract")
+
+    # -- encoding -------------------------------------------------------------------------------
+    def encode(self, histories: Sequence[Sequence[Step]]) -> dict[str, np.ndarray]:
+        """Left-padded (B, max_len) inputs; items unknown to the vocabulary are dropped."""
+        batch = len(histories)
+        items = np.zeros((batch, self.max_len), dtype=np.int64)
+        types = np.zeros((batch, self.max_len), dtype=np.int64)
+        times = np.zeros((batch, self.max_len), dtype=np.int64)
+        for row, history in enumerate(histories):
+            known = [s for s in history if s.item_id in self.item_index][-self.max_len :]
+            if not known:
+                continue
+            start = self.max_len - len(known)
+            items[row, start:] = [self.item_index[s.item_id] for s in known]
+            types[row, start:] = np.clip([s.event_type for s in known], 0, N_EVENT_TYPES - 1)
+            times[row, start:] = [s.occurred_at_us // 1_000_000 for s in known]
+        return {pkg.INPUT_ITEM_IDS: items, pkg.INPUT_EVENT_TYPES: types, pkg.INPUT_TIMESTAMPS: times}
+
+    def known_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Column indices (0-based, into scores) of the known items among `item_ids`."""
+        return np.array([self.item_index[i] - 1 for i in item_ids if i in self.item_index], dtype=np.int64)
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores (B, N), probabilities (B, N), user_repr (B, D))."""
+        scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
+        return scores, probabilities, user
+
+    def warm_up(self) -> None:
+        """First runs allocate and tune; do them before taking traffic."""
+        for batch in (1, 8):
+            feeds = {name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES}
+            self.run(feeds)
+
+    def check_parity(self) -> float:
+        """Re-run the manifest's sample: identical top-10 and scores within tolerance, else
+        PackageError. Returns the largest score difference seen."""
+        sample = self.manifest.parity_sample
+        if not sample or "inputs" not in sample:
+            raise PackageError(f"{self.package_dir}: manifest has no parity sample")
+        feeds = {name: np.asarray(sample["inputs"][name], dtype=np.int64) for name in pkg.INPUT_NAMES}
+        scores, _, _ = self.run(feeds)
+        tolerance = float(sample.get("tolerance", 1e-4)) * (10 if self.provider == CUDA else 1)
+        expected_scores = np.asarray(sample["top10_scores"], dtype=np.float32)
+        worst = 0.0
+        for row, expected_ids in enumerate(sample["top10_item_ids"]):
+            columns = self.known_indices(expected_ids)
+            got = scores[row, columns]
+            worst = max(worst, float(np.abs(got - expected_scores[row]).max()))
+            top = np.argsort(-scores[row], kind="stable")[: len(expected_ids)]
+            if worst > tolerance:
+                raise PackageError(f"{self.package_dir}: parity: score differs by {worst:.2e}")
+            if not np.allclose(scores[row, top], expected_scores[row], atol=tolerance, rtol=0):
+                raise PackageError(f"{self.package_dir}: parity: top-10 differs from the manifest")
+        return worst
