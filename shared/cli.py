@@ -5,6 +5,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
+from shared.clients import ClientConfig
 from shared.logs import configure_logging
 from shared.settings import Settings
 
@@ -65,6 +66,7 @@ def cmd_import_s3rec(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         total=total,
         progress=not args.quiet,
+        client=ClientConfig.from_settings(Settings()),
     )
     return _print_report(report)
 
@@ -81,6 +83,7 @@ def cmd_import_taobao(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         total=len(data.events),
         progress=not args.quiet,
+        client=ClientConfig.from_settings(Settings()),
     )
     return _print_report(report)
 

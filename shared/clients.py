@@ -1,17 +1,24 @@
-"""Client channels for ShiftRec's services, with gRPC's own retry policy for UNAVAILABLE.
+"""Client channels for ShiftRec's services: gRPC's own retry policy for UNAVAILABLE, optional
+TLS (mutual when a client certificate is given), the bearer token and the request id.
 
 Retrying IngestEvents is safe because event ids are idempotency keys: a batch whose
 acknowledgement was lost is stored once and reported as duplicates the second time.
 """
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+
+from shared.logs import REQUEST_ID
+from shared.settings import Settings
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 RETRY_SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],  # spreads over every address of a headless Service
         "methodConfig": [
             {
                 "name": [
@@ -27,27 +34,90 @@ RETRY_SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, object]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", RETRY_SERVICE_CONFIG),
-    ]
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach a ShiftRec server: TLS when `ca_file` is set, a client certificate for
+    mutual TLS when `cert_file`/`key_file` are set, a bearer token when `token` is set."""
+
+    token: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ClientConfig":
+        return cls(settings.auth_token, settings.tls_ca_file, settings.tls_cert_file,
+                   settings.tls_key_file, settings.max_message_bytes)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.ca_file:
+            return None
+        read = lambda path: Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Per-call metadata: the token, and the id of the request being served (if any)."""
+        pairs = []
+        if self.token:
+            pairs.append(("authorization", f"Bearer {self.token}"))
+        request_id = REQUEST_ID.get()
+        if request_id:
+            pairs.append(("x-request-id", request_id))
+        return tuple(pairs)
+
+    def options(self) -> list[tuple[str, object]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ]
 
 
-def insecure_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """A blocking channel with the retry policy."""
-    return grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+class _SyncMetadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds the token and request id to every unary call of a blocking channel."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+
+    def intercept_unary_unary(self, continuation, call_details, request):  # type: ignore[no-untyped-def]
+        metadata = [*(call_details.metadata or ()), *self.config.metadata()]
+        return continuation(call_details._replace(metadata=metadata), request)
 
 
-def aio_insecure_channel(
-    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> grpc.aio.Channel:
-    """An asyncio channel with the retry policy."""
-    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+class _AioMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the token and request id to every unary call of an asyncio channel."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+
+    async def intercept_unary_unary(self, continuation, call_details, request):  # type: ignore[no-untyped-def]
+        metadata = grpc.aio.Metadata(*(call_details.metadata or ()), *self.config.metadata())
+        return await continuation(call_details._replace(metadata=metadata), request)
+
+
+def open_channel(target: str, config: ClientConfig | None = None) -> grpc.Channel:
+    """A blocking channel; every call carries the token and request id."""
+    config = config or ClientConfig()
+    credentials = config.credentials()
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options=config.options())
+    else:
+        channel = grpc.secure_channel(target, credentials, options=config.options())
+    return grpc.intercept_channel(channel, _SyncMetadata(config))
+
+
+def open_aio_channel(target: str, config: ClientConfig | None = None) -> grpc.aio.Channel:
+    """An asyncio channel; every call carries the token and request id."""
+    config = config or ClientConfig()
+    credentials = config.credentials()
+    interceptors = [_AioMetadata(config)]
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=config.options(), interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=config.options(), interceptors=interceptors)

@@ -1,11 +1,18 @@
-"""Wiring shared by the three servers: interceptors, health, reflection, graceful stop."""
+"""Wiring shared by the three servers: interceptors (request ids, metrics, bearer-token auth,
+domain errors -> status codes), TLS, health, reflection, graceful stop."""
 
 import asyncio
+import contextvars
+import hmac
 import logging
 import signal
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -15,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from shared.settings import Settings
+from shared import metrics
 from shared.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -23,15 +30,23 @@ from shared.errors import (
     ShiftRecError,
     Unavailable,
 )
+from shared.logs import REQUEST_ID
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+REQUEST_ID_HEADER = "x-request-id"
+# Health and reflection stay open: probes and tooling carry no token.
+PROTECTED_PREFIX = "/shiftrec.v1."
 
 
 async def run_blocking(executor: Executor, fn: Callable[..., T], *args: object) -> T:
-    """Run a blocking core call (database, model) on `executor`, off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    """Run a blocking core call (database, model) on `executor`, off the event loop, keeping the
+    caller's context (the request id) for its logs."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor, partial(context.run, fn, *args))
+
 
 _CODES: dict[type[ShiftRecError], int] = {
     InvalidArgument: code_pb2.INVALID_ARGUMENT,
@@ -58,11 +73,11 @@ def error_status(error: ShiftRecError) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code, message=str(error), details=details))
 
 
-class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain exceptions raised by unary servicer methods to status codes, in one place.
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
-    Anything unexpected is logged with its traceback and answered INTERNAL without details.
-    """
+
+class UnaryInterceptor(grpc.aio.ServerInterceptor):
+    """Base for interceptors of unary-unary methods (health Watch and reflection pass through)."""
 
     async def intercept_service(
         self,
@@ -72,12 +87,77 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
-        inner = handler.unary_unary
+        wrapped = self.wrap(handler.unary_unary, handler_call_details)
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
+        raise NotImplementedError
+
+
+class ObservingInterceptor(UnaryInterceptor):
+    """Outermost: takes the caller's x-request-id (or makes one) for logs and downstream calls,
+    echoes it, and records count and latency by method and status code."""
+
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
+        method = details.method
+        incoming = dict(details.invocation_metadata or ())
+        request_id = str(incoming.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = REQUEST_ID.set(request_id)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                return await behaviour(request, context)
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # set by abort()
+                if not isinstance(code, grpc.StatusCode):
+                    code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
+                metrics.RPC_REQUESTS.labels(method, code.name).inc()
+                REQUEST_ID.reset(token)
+
+        return observed
+
+
+class BearerTokenInterceptor(UnaryInterceptor):
+    """UNAUTHENTICATED unless `authorization: Bearer <token>` matches (shiftrec.v1 RPCs only)."""
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Bearer {token}".encode()
+
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
+        if not details.method.startswith(PROTECTED_PREFIX):
+            return behaviour
+        given = str(dict(details.invocation_metadata or ()).get("authorization", "")).encode()
+        if hmac.compare_digest(given, self.expected):
+            return behaviour
+
+        async def refused(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+        return refused
+
+
+class DomainErrorInterceptor(UnaryInterceptor):
+    """Maps domain exceptions raised by servicer methods to status codes, in one place.
+
+    Anything unexpected is logged with its traceback and answered INTERNAL without details.
+    """
+
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
+        method = details.method
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await inner(request, context)
+                return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise
             except ShiftRecError as error:
@@ -88,11 +168,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("rpc crashed", extra={"rpc": method})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded
 
 
 @dataclass
@@ -102,6 +178,24 @@ class Service:
     name: str
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate and key; a CA bundle makes client certificates
+    required (mutual TLS)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        ca = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
 
 
 class GrpcServer:
@@ -116,12 +210,17 @@ class GrpcServer:
         max_message_bytes: int,
         max_concurrent_rpcs: int,
         stop_grace_seconds: float,
-        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        auth_token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.services = list(services)
         self.stop_grace_seconds = stop_grace_seconds
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor()]
+        if auth_token:
+            interceptors.append(BearerTokenInterceptor(auth_token))
+        interceptors.append(DomainErrorInterceptor())
         self.server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor(), *interceptors],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -135,9 +234,13 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.name for s in self.services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, tls.server_credentials())
         if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise OSError(f"cannot listen on {address}")
 
     async def start(self, serving: bool = True) -> None:
         """Start listening; health says SERVING for every service unless `serving` is False."""
@@ -171,13 +274,13 @@ class GrpcServer:
         await self.stop()
 
 
-def server_from_settings(
-    settings: Settings,
-    services: Iterable[Service],
-    port: int,
-    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-) -> GrpcServer:
-    """A GrpcServer with the limits and grace period from `settings`."""
+def server_from_settings(settings: Settings, services: Iterable[Service], port: int) -> GrpcServer:
+    """A GrpcServer with the limits, grace period, token and TLS from `settings`; starts the
+    process's /metrics endpoint when configured."""
+    tls = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    metrics.serve_metrics(settings.metrics_port, settings.bind_host)
     return GrpcServer(
         services,
         host=settings.bind_host,
@@ -185,5 +288,6 @@ def server_from_settings(
         max_message_bytes=settings.max_message_bytes,
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         stop_grace_seconds=settings.stop_grace_seconds,
-        interceptors=interceptors,
+        auth_token=settings.auth_token or None,
+        tls=tls,
     )

@@ -1,9 +1,14 @@
 """Structured logging: one JSON object per line (or plain text), configured once per process."""
 
+import contextvars
 import json
 import logging
 import sys
 import time
+
+# The id of the RPC being served (from the caller's x-request-id, or made up), for every log line
+# written while serving it and for the calls it makes to other services.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -19,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

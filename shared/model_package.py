@@ -69,6 +69,8 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     parity_sample: dict[str, Any] = field(default_factory=dict)  # inputs, expected top-10/scores
     parent_version: str | None = None
+    item_categories: list[str] = field(default_factory=list)  # aligned with item_vocab
+    popular_items: list[str] = field(default_factory=list)  # most-interacted in training, first
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
     output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
     padding: str = PADDING_DOC

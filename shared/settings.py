@@ -61,5 +61,17 @@ class Settings(BaseSettings):
     recent_window: int = Field(
         10, ge=1, le=1000, description="Default size of the recent window of interest profiles."
     )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = off."
+    )
+    auth_token: str = Field(
+        "", description="When set, shiftrec.v1 RPCs need `authorization: Bearer <token>`."
+    )
+    tls_cert_file: str = Field("", description="PEM certificate: serve TLS (with the key file).")
+    tls_key_file: str = Field("", description="PEM private key of the TLS certificate.")
+    tls_ca_file: str = Field(
+        "", description="PEM CA bundle: servers require client certificates signed by it; "
+        "clients verify servers against it."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", description="json (one object per line) or text.")

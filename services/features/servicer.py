@@ -3,11 +3,12 @@
 from concurrent.futures import Executor
 
 import grpc
-
-from shared.grpc_server import run_blocking
-from services.features.history import FeatureReader
-from shared.protos import event_to_proto, item_to_proto, timestamp_from_us
 from shiftrec.v1 import features_pb2, features_pb2_grpc
+
+from services.features.history import FeatureReader
+from shared import metrics
+from shared.grpc_server import run_blocking
+from shared.protos import event_to_proto, item_to_proto, timestamp_from_us
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
@@ -19,6 +20,9 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         self, request: features_pb2.GetUserHistoryRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetUserHistoryResponse:
         history = await run_blocking(self.executor, self.reader.history, request.user_id, request.limit)
+        if history.entries:
+            newest = history.entries[-1].event.occurred_at_us
+            metrics.FEATURE_FRESHNESS.observe(max(history.read_at_us - newest, 0) / 1e6)
         return features_pb2.GetUserHistoryResponse(
             user_id=history.user_id,
             events=[

@@ -1,17 +1,19 @@
 """The inference service's client of FeatureService, with a deadline on every call."""
 
 import grpc
+from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 from services.inference.runtime import Step
-from shared.clients import aio_insecure_channel
+from shared.clients import ClientConfig, open_aio_channel
 from shared.errors import Unavailable
 from shared.protos import timestamp_us
-from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 
 class FeatureClient:
-    def __init__(self, target: str, timeout_seconds: float, history_limit: int) -> None:
-        self.channel = aio_insecure_channel(target)
+    def __init__(
+        self, target: str, timeout_seconds: float, history_limit: int, config: ClientConfig | None = None
+    ) -> None:
+        self.channel = open_aio_channel(target, config)
         self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)
         self.timeout = timeout_seconds
         self.history_limit = history_limit

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.inference.runtime import ModelRuntime, PackageError
+from shared import metrics
 from shared import model_package as pkg
 from shared.errors import FailedPrecondition
 
@@ -61,11 +62,15 @@ class ModelRegistry:
                 self._refused.add(version)
                 self.stats.load_failures += 1
                 self.stats.refused_versions.append(version)
+                metrics.MODEL_LOAD_FAILURES.inc()
                 log.error("model refused; still serving the previous one",
                           extra={"version": version, "serving": current, "error": str(exc)})
                 return False
             self._current = runtime  # the swap: one reference assignment
             self.stats.loads += 1
+            metrics.MODEL_LOADS.inc()
+            metrics.MODEL_INFO.clear()
+            metrics.MODEL_INFO.labels(version, runtime.provider).set(1)
             log.info("model loaded", extra={"version": version, "previous": current,
                                             "provider": runtime.provider, "parity_max_diff": diff,
                                             "items": len(runtime.item_vocab)})

@@ -6,13 +6,15 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
+
 from services.inference.features_client import FeatureClient
 from services.inference.ranking import Inference
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
+from shared.clients import ClientConfig
 from shared.grpc_server import GrpcServer, Service, run_blocking, server_from_settings
 from shared.settings import Settings
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ class InferenceServer:
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.features = FeatureClient(
-            settings.features_target, settings.features_timeout_seconds, settings.inference_history_limit
+            settings.features_target, settings.features_timeout_seconds, settings.inference_history_limit,
+            ClientConfig.from_settings(settings),
         )
         servicer = InferenceServicer(Inference(self.registry, settings.recent_window), self.features, self.executor)
         service = Service(SERVICE_NAME, inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)

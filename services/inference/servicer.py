@@ -4,13 +4,14 @@ event loop, domain -> proto."""
 from concurrent.futures import Executor
 
 import grpc
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 from services.inference import ranking
 from services.inference.features_client import FeatureClient
 from services.inference.ranking import Inference, Strategy
+from shared import metrics
 from shared.errors import Unavailable
 from shared.grpc_server import run_blocking
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 PROVIDER_METADATA = "shiftrec-execution-provider"
 
@@ -48,6 +49,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 request.include_seen,
             )
         self._tag(context)
+        metrics.RECOMMEND_STRATEGY.labels(result.strategy.name.lower()).inc()
         return inference_pb2.RecommendResponse(
             items=[inference_pb2.ScoredItem(item_id=i, score=s) for i, s in result.items],
             model_version=result.model_version,

@@ -6,12 +6,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
 from tqdm import tqdm
 
-from shared.clients import insecure_channel
+from shared.clients import ClientConfig, open_channel
 from shared.protos import event_to_proto, item_to_proto
 from shared.store import EventRecord, ItemRecord
-from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 
 @dataclass
@@ -39,6 +39,7 @@ def import_records(
     total: int | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    client: ClientConfig | None = None,
 ) -> ImportReport:
     """Upsert `items`, then send `events` in batches with up to `in_flight` calls outstanding.
 
@@ -46,7 +47,7 @@ def import_records(
     because event ids are deterministic.
     """
     report = ImportReport()
-    with insecure_channel(target) as channel:
+    with open_channel(target, client) as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -71,7 +72,9 @@ def import_records(
 
             for batch in _batches(events, batch_size):
                 request = ingestion_pb2.IngestEventsRequest(events=[event_to_proto(e) for e in batch])
-                pending.append(stub.IngestEvents.future(request, timeout=timeout, wait_for_ready=True))
+                pending.append(
+                    stub.IngestEvents.future(request, timeout=timeout, wait_for_ready=True)
+                )
                 if len(pending) >= in_flight:
                     collect(pending.pop(0))
             for future in pending:

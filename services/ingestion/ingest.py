@@ -80,7 +80,6 @@ def event_problems(event: IncomingEvent, now_us: int) -> list[str]:
 
 def item_problems(item: ItemRecord) -> list[tuple[str, str]]:
     """Every (field, problem) of one item."""
-    problems = []
     checks = [
         ("item_id", id_problem(item.item_id)),
         ("title", text_problem(item.title, MAX_TITLE_LENGTH)),

@@ -3,11 +3,12 @@
 from concurrent.futures import Executor
 
 import grpc
-
-from shared.grpc_server import run_blocking
-from services.ingestion.ingest import IncomingEvent, Ingestor
-from shared.protos import item_from_proto, timestamp_us
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
+
+from services.ingestion.ingest import IncomingEvent, Ingestor, Outcome
+from shared import metrics
+from shared.grpc_server import run_blocking
+from shared.protos import item_from_proto, timestamp_us
 
 
 def incoming_event(event: common_pb2.Event) -> IncomingEvent:
@@ -40,16 +41,21 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             response.results.add(event_id=r.event_id, status=int(r.outcome), reason=r.reason)
             counts[r.outcome] += 1
         response.accepted, response.duplicates, response.rejected = counts[1], counts[2], counts[3]
+        for outcome, count in counts.items():
+            metrics.EVENTS.labels(Outcome(outcome).name.lower()).inc(count)
         return response
 
     async def UpsertItems(
         self, request: ingestion_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.UpsertItemsResponse:
         items = [item_from_proto(i) for i in request.items]
-        return ingestion_pb2.UpsertItemsResponse(upserted=await run_blocking(self.executor, self.ingestor.upsert_items, items))
+        upserted = await run_blocking(self.executor, self.ingestor.upsert_items, items)
+        metrics.ITEMS_UPSERTED.inc(upserted)
+        return ingestion_pb2.UpsertItemsResponse(upserted=upserted)
 
     async def DeleteUser(
         self, request: ingestion_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.DeleteUserResponse:
         deleted = await run_blocking(self.executor, self.ingestor.delete_user, request.user_id)
+        metrics.EVENTS_ERASED.inc(deleted)
         return ingestion_pb2.DeleteUserResponse(deleted_events=deleted)

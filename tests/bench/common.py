@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,7 +35,7 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> Self:
         shiftrec = Path(sys.executable).with_name("shiftrec")
         self.proc = subprocess.Popen(
             [str(shiftrec), "serve", self.service, "--port", str(self.port)], env=self.env

@@ -11,14 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from sqlalchemy import create_engine, make_url, text
 
-from shared.clients import insecure_channel
+from shared.clients import open_channel
 from shared.store import EventRecord, EventStore, create_store_engine, upgrade_schema
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from tests.bench.common import ServiceProcess, print_table, write_json
 
 BASE_US = 1_700_000_000_000_000
@@ -106,7 +105,7 @@ def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> 
     with ServiceProcess("ingestion", env) as server:
 
         def client(n: int) -> None:
-            with insecure_channel(server.target) as channel:
+            with open_channel(server.target) as channel:
                 stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
                 for request in requests[n::clients]:
                     accepted[n] += stub.IngestEvents(request, timeout=60).accepted

@@ -7,6 +7,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -14,7 +15,6 @@ from sqlalchemy.exc import OperationalError
 from services.ingestion.server import SERVICE_NAME, build_server
 from shared.settings import Settings
 from shared.store import EventStore, create_store_engine
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 NOW = 1_700_000_000
 
@@ -96,7 +96,7 @@ def test_ids_are_stored_verbatim(ingestion) -> None:  # type: ignore[no-untyped-
 )
 def test_bad_events_are_rejected_alone_and_not_stored(ingestion, fields, reason) -> None:  # type: ignore[no-untyped-def]
     stub, store, _ = ingestion
-    bad = make_event("bad" if "event_id" not in fields else fields["event_id"], user="victim", **{
+    bad = make_event(fields.get("event_id", "bad"), user="victim", **{
         k: v for k, v in fields.items() if k != "event_id"
     })
     response = ingest(stub, make_event("good", user="other"), bad)

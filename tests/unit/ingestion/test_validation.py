@@ -11,9 +11,9 @@ NOW_US = 1_700_000_000_000_000
 
 
 def event(**overrides: object) -> IncomingEvent:
-    fields: dict[str, object] = dict(
-        event_id="e1", user_id="u1", item_id="i1", event_type=1, occurred_at_us=NOW_US - 1
-    )
+    fields: dict[str, object] = {
+        "event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": 1, "occurred_at_us": NOW_US - 1
+    }
     fields.update(overrides)
     return IncomingEvent(**fields)  # type: ignore[arg-type]
 
