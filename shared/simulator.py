@@ -116,7 +116,8 @@ class StorefrontSimulator:
         for n in range(n_shoppers):
             shopper = self.shopper(n)
             length = int(self.rng.integers(*events_per_shopper))
-            spacing = max((end_us - start_us) // (length + 1), MINUTE_US)
+            # gaps are 0.5..1.5 x spacing, so the last event stays before end_us
+            spacing = max(int((end_us - start_us) / (1.5 * (length + 1))), MINUTE_US)
             first = start_us + int(self.rng.integers(0, spacing))
             self.browse(shopper, length, first, spacing)
             shoppers.append(shopper)

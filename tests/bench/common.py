@@ -25,8 +25,9 @@ def free_port() -> int:
 class ServiceProcess:
     """`shiftrec serve <service>` on a free loopback port, stopped with SIGTERM on exit."""
 
-    def __init__(self, service: str, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, service: str, env: dict[str, str], port: int | None = None, wait: bool = True) -> None:
         self.service = service
+        self.wait = wait
         self.port = port or free_port()
         self.env = {**os.environ, "SHIFTREC_LOG_LEVEL": "WARNING", **env}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -40,8 +41,17 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [str(shiftrec), "serve", self.service, "--port", str(self.port)], env=self.env
         )
-        wait_serving(self.target, f"shiftrec.v1.{self.service.capitalize()}Service")
+        if self.wait:
+            self.wait_serving()
         return self
+
+    @property
+    def service_name(self) -> str:
+        return {"ingestion": "shiftrec.v1.IngestionService", "features": "shiftrec.v1.FeatureService",
+                "inference": "shiftrec.v1.InferenceService"}[self.service]
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        wait_serving(self.target, self.service_name, timeout)
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
