@@ -7,7 +7,7 @@ PROTO_SRC := $(wildcard protos/shiftrec/v1/*.proto)
 GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 
-.PHONY: help setup protos test lint bench-ingest clean
+.PHONY: help setup protos test lint bench-ingest bench-serve bench-drift clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ lint: setup  ## ruff
 
 bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the raw insert rate
 	$(BIN)/python -m tests.bench.ingest --out var/bench/ingest.json
+
+bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Runtime vs PyTorch eager
+	$(BIN)/python -m tests.bench.serve --datasets $(DATASETS) --out var/bench/serve.json
+
+bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
+	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
 
 clean:  ## remove generated code, the virtualenv and local data
 	rm -rf gen $(VENV) var .pytest_cache

@@ -1,9 +1,9 @@
 """Conversions between shiftrec.v1 messages and domain records, used by servers and clients."""
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from shiftrec.v1 import common_pb2
 
 from shared.store import EventRecord, ItemRecord
+from shiftrec.v1 import common_pb2
 
 
 def timestamp_us(ts: Timestamp) -> int:

@@ -2,13 +2,12 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-from shiftrec.v1 import features_pb2, features_pb2_grpc
-
 from services.features.history import FeatureReader
 from services.features.servicer import FeatureServicer
 from shared.grpc_server import GrpcServer, Service, server_from_settings
 from shared.settings import Settings
 from shared.store import open_store
+from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 SERVICE_NAME = features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
 

@@ -3,12 +3,12 @@
 from concurrent.futures import Executor
 
 import grpc
-from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 from services.features.history import FeatureReader
 from shared import metrics
 from shared.grpc_server import run_blocking
 from shared.protos import event_to_proto, item_to_proto, timestamp_from_us
+from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):

@@ -1,12 +1,12 @@
 """The inference service's client of FeatureService, with a deadline on every call."""
 
 import grpc
-from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 from services.inference.runtime import Step
 from shared.clients import ClientConfig, open_aio_channel
 from shared.errors import Unavailable
 from shared.protos import timestamp_us
+from shiftrec.v1 import features_pb2, features_pb2_grpc
 
 
 class FeatureClient:

@@ -6,8 +6,6 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
-
 from services.inference.features_client import FeatureClient
 from services.inference.ranking import Inference
 from services.inference.registry import ModelRegistry
@@ -15,6 +13,7 @@ from services.inference.servicer import InferenceServicer
 from shared.clients import ClientConfig
 from shared.grpc_server import GrpcServer, Service, run_blocking, server_from_settings
 from shared.settings import Settings
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ event loop, domain -> proto."""
 from concurrent.futures import Executor
 
 import grpc
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 from services.inference import ranking
 from services.inference.features_client import FeatureClient
@@ -12,6 +11,7 @@ from services.inference.ranking import Inference, Strategy
 from shared import metrics
 from shared.errors import Unavailable
 from shared.grpc_server import run_blocking
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 PROVIDER_METADATA = "shiftrec-execution-provider"
 

@@ -6,12 +6,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
 from tqdm import tqdm
 
 from shared.clients import ClientConfig, open_channel
 from shared.protos import event_to_proto, item_to_proto
 from shared.store import EventRecord, ItemRecord
+from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 
 @dataclass

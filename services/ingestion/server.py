@@ -3,13 +3,12 @@
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
-
 from services.ingestion.ingest import Ingestor
 from services.ingestion.servicer import IngestionServicer
 from shared.grpc_server import GrpcServer, Service, server_from_settings
 from shared.settings import Settings
 from shared.store import open_store
+from shiftrec.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 log = logging.getLogger(__name__)
 

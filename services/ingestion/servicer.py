@@ -3,12 +3,12 @@
 from concurrent.futures import Executor
 
 import grpc
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 from services.ingestion.ingest import IncomingEvent, Ingestor, Outcome
 from shared import metrics
 from shared.grpc_server import run_blocking
 from shared.protos import item_from_proto, timestamp_us
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 
 def incoming_event(event: common_pb2.Event) -> IncomingEvent:

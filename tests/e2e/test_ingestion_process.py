@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 from shared.store import EventStore, create_store_engine
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 
 def free_port() -> int:

@@ -6,12 +6,12 @@ import time
 from collections import Counter
 
 import pytest
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 from services.ingestion.importer import import_records
 from shared.clients import open_channel
 from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.store import EventRecord
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.e2e.services import running_stack, shiftrec, write_config
 
 MODEL = {"dim": 32, "n_layers": 1, "max_len": 20}

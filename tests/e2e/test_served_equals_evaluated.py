@@ -13,11 +13,11 @@ import math
 import grpc
 import numpy as np
 import pytest
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.datasets import read_s3rec
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import require_datasets
 from tests.e2e.services import running_stack, shiftrec, write_config
 

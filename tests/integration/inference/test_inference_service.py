@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 
 from services.features.server import build_server as build_features
 from services.inference.server import SERVICE_NAME
@@ -17,6 +16,7 @@ from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.settings import Settings
 from shared.store import open_store
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.integration.inference.conftest import Pipeline, train_package
 
 

@@ -7,7 +7,6 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -15,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from services.ingestion.server import SERVICE_NAME, build_server
 from shared.settings import Settings
 from shared.store import EventStore, create_store_engine
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 
 NOW = 1_700_000_000
 

@@ -1,0 +1,169 @@
+"""make bench-serve: Recommend latency and throughput end to end (ingestion, features and
+inference as processes on this machine, loopback only), at fixed offered rates; then the model
+alone in ONNX Runtime vs the same model in PyTorch eager, batch 1 and 256.
+
+Open-loop load: requests are sent on a fixed schedule whatever the answers do, and latency is
+measured from the scheduled send time, so queueing shows up instead of hiding (no coordinated
+omission). Bounded: each rate runs for --seconds; the whole run stops by itself.
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from shared import model_package as pkg
+from shared.clients import open_aio_channel
+from shared.datasets import read_s3rec, s3rec_events, s3rec_items
+from shiftrec.v1 import inference_pb2, inference_pb2_grpc
+from tests.bench.common import print_table, write_json
+from tests.e2e.services import running_stack, shiftrec
+
+DEFAULT_RATES = (50, 100, 200, 400)
+
+
+async def offered_load(target: str, users: list[str], rate: float, seconds: float, k: int,
+                       deadline: float) -> dict[str, float]:
+    """Send Recommend at `rate` per second for `seconds`; latency from the scheduled time."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    rng = random.Random(int(rate))
+    async with open_aio_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        await stub.Recommend(inference_pb2.RecommendRequest(user_id=users[0], k=k), timeout=5)
+
+        async def one(scheduled: float, user: str) -> None:
+            try:
+                await stub.Recommend(inference_pb2.RecommendRequest(user_id=user, k=k), timeout=deadline)
+                latencies.append(time.perf_counter() - scheduled)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled, rng.choice(users))))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {
+        "offered_rps": rate,
+        "achieved_rps": len(latencies) / elapsed,
+        "requests": n,
+        "errors": sum(errors.values()),
+        "error_codes": errors,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p95_ms": float(np.percentile(ms, 95)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "max_ms": float(ms.max()) if len(ms) else float("nan"),
+    }
+
+
+def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Median milliseconds of `fn()` after two warm-up calls."""
+    fn()
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def model_alone(package_dir: Path, threads: int) -> list[dict[str, float]]:
+    """ONNX Runtime (CPU provider) vs PyTorch eager on the same package and inputs."""
+    import onnxruntime as ort
+    import torch
+
+    from training.export import load_serving_model
+
+    manifest = pkg.load_manifest(package_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(package_dir / pkg.MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    torch.set_num_threads(threads)
+    eager = load_serving_model(package_dir).eval()
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in (1, 256):
+        shape = (batch, manifest.max_len)
+        feeds = {
+            pkg.INPUT_ITEM_IDS: rng.integers(1, len(manifest.item_vocab) + 1, shape, dtype=np.int64),
+            pkg.INPUT_EVENT_TYPES: np.full(shape, 6, dtype=np.int64),
+            pkg.INPUT_TIMESTAMPS: np.sort(rng.integers(1.3e9, 1.4e9, shape, dtype=np.int64), axis=1),
+        }
+        tensors = [torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES]
+        repeats = 200 if batch == 1 else 20
+        ort_ms = time_call(lambda: session.run(list(pkg.OUTPUT_NAMES), feeds), repeats)  # noqa: B023
+        with torch.inference_mode():
+            torch_ms = time_call(lambda: eager(*tensors), repeats)  # noqa: B023
+        rows.append({"batch": batch, "onnxruntime_ms": ort_ms, "pytorch_eager_ms": torch_ms,
+                     "speedup": torch_ms / ort_ms})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", default=os.environ.get("SHIFTREC_DATASETS", "../shared/datasets"))
+    parser.add_argument("--domain", default="Beauty")
+    parser.add_argument("--model-dir", help="serve this model directory (default: train a quick one)")
+    parser.add_argument("--train-epochs", type=int, default=3, help="epochs of the quick model")
+    parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)))
+    parser.add_argument("--seconds", type=float, default=15.0, help="per rate")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--deadline", type=float, default=1.0, help="client deadline per call, seconds")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the model-alone table")
+    parser.add_argument("--out", default="var/bench/serve.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="shiftrec-bench-serve-"))
+    url = f"sqlite:///{work / 'store.db'}"
+    models = Path(args.model_dir) if args.model_dir else work / "models"
+    domain = read_s3rec(Path(args.datasets) / "amazon", args.domain)
+    users = [domain.user_names.get(u, str(u)) for u in domain.sequences]
+    load_rows = []
+    with running_stack(url, models) as stack:
+        from services.ingestion.importer import import_records
+
+        import_records(stack.ingestion.target, s3rec_events(domain), s3rec_items(domain), progress=False)
+        if pkg.latest_version(models) is None:
+            shiftrec("train", "--database-url", url, "--out", str(models), "--epochs",
+                     str(args.train_epochs), "--device", "cpu")
+        stack.inference.wait_serving(timeout=120)
+        for rate in (float(r) for r in args.rates.split(",")):
+            row = asyncio.run(offered_load(stack.inference.target, users, rate, args.seconds, args.k, args.deadline))
+            load_rows.append(row)
+            print(f"  {rate:.0f} req/s: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                  f"errors {row['errors']}", flush=True)
+    package = pkg.resolve_package(models)
+    alone = model_alone(package, args.threads)
+
+    print(f"\nRecommend end to end (k={args.k}, {len(users):,} {args.domain} users, 3 services + load "
+          f"generator on {os.cpu_count()} CPUs, {args.seconds:.0f} s per rate)\n")
+    print_table(["offered req/s", "achieved req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"],
+                [[r["offered_rps"], r["achieved_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"],
+                  r["errors"]] for r in load_rows])
+    manifest = pkg.load_manifest(package)
+    print(f"\nModel alone ({len(manifest.item_vocab):,} items, max_len {manifest.max_len}, "
+          f"{args.threads} thread(s), median ms per call)\n")
+    print_table(["batch", "ONNX Runtime ms", "PyTorch eager ms", "ORT speed-up"],
+                [[r["batch"], r["onnxruntime_ms"], r["pytorch_eager_ms"], r["speedup"]] for r in alone])
+    write_json(args.out, {"benchmark": "serve", "domain": args.domain, "k": args.k,
+                          "model_version": manifest.version, "load": load_rows, "model_alone": alone})
+
+
+if __name__ == "__main__":
+    main()
