@@ -35,7 +35,7 @@ def running_stack(database_url: str, model_dir: Path, **extra_env: str) -> Itera
 def shiftrec(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
     """Run the `shiftrec` command line; returns stdout, raises on a non-zero exit."""
     command = [str(Path(sys.executable).with_name("shiftrec")), *args]
-    done = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+    done = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False,
                           timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")

@@ -68,4 +68,4 @@ def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -
     assert after[new] >= before[new] + 4
     assert profile_after.rising[0].category == new
     assert profile_after.drift_score > profile_before.drift_score + 0.3
-    assert dict((c.category, c.weight) for c in profile_after.recent)[new] > 0.9
+    assert {c.category: c.weight for c in profile_after.recent}[new] > 0.9
