@@ -7,7 +7,7 @@ PROTO_SRC := $(wildcard protos/shiftrec/v1/*.proto)
 GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 
-.PHONY: help setup protos test lint bench-ingest bench-serve bench-drift clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-drift clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ $(GEN_STAMP): $(PROTO_SRC) $(STAMP)
 	touch $@
 
 protos: $(GEN_STAMP)  ## generate Python code and .pyi stubs from protos/ into gen/
+
+demo: setup  ## the whole pipeline end to end on embedded defaults (DATA=path for real data)
+	$(BIN)/shiftrec demo $(if $(DATA),--data $(DATA))
 
 test: setup  ## run the whole test suite
 	$(BIN)/python -m pytest -q tests

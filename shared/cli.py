@@ -88,6 +88,14 @@ def cmd_import_taobao(args: argparse.Namespace) -> int:
     return _print_report(report)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shared.demo.run import run_demo
+
+    return run_demo(args.data, Path(args.out), seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shiftrec",
@@ -133,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     taobao.add_argument("--path", default=f"{DEFAULT_DATASETS}/taobao/UserBehavior_head.csv")
     common(taobao)
     taobao.set_defaults(func=cmd_import_taobao)
+
+    demo = commands.add_parser(
+        "demo", help="the whole pipeline end to end on embedded defaults (what `make demo` runs)"
+    )
+    demo.add_argument("--data", help="real data instead of the simulator: an S3-Rec Amazon folder "
+                      "(e.g. ../shared/datasets/amazon) or a Taobao UserBehavior CSV")
+    demo.add_argument("--out", default="var/demo", help="where the store, models, logs and chart go")
+    demo.add_argument("--seed", type=int, default=7, help="simulator seed")
+    demo.set_defaults(func=cmd_demo)
 
     _register_training(commands)
     return parser

@@ -64,6 +64,7 @@ class StorefrontSimulator:
             category: self.rng.permutation(self.items_per_category) for category in CATEGORIES
         }
         self._counter = 0
+        self.planted: list[PlantedShift] = []
 
     def catalogue(self) -> list[ItemRecord]:
         return [item for category in CATEGORIES for item in self.items[category]]
@@ -109,16 +110,25 @@ class StorefrontSimulator:
         return planted
 
     def population(
-        self, n_shoppers: int, events_per_shopper: tuple[int, int], start_us: int, end_us: int
+        self, n_shoppers: int, events_per_shopper: tuple[int, int], start_us: int, end_us: int,
+        shift_share: float = 0.3,
     ) -> list[Shopper]:
-        """Shoppers with histories spread between `start_us` and `end_us`."""
+        """Shoppers with histories spread between `start_us` and `end_us`; a `shift_share` of
+        them move to another category somewhere in the middle of their history (recorded in
+        `self.planted`)."""
         shoppers = []
         for n in range(n_shoppers):
             shopper = self.shopper(n)
             length = int(self.rng.integers(*events_per_shopper))
             # gaps are 0.5..1.5 x spacing, so the last event stays before end_us
             spacing = max(int((end_us - start_us) / (1.5 * (length + 1))), MINUTE_US)
-            first = start_us + int(self.rng.integers(0, spacing))
-            self.browse(shopper, length, first, spacing)
+            t = start_us + int(self.rng.integers(0, spacing))
+            if self.rng.random() < shift_share and length >= 6:
+                before = int(self.rng.integers(length // 3, 2 * length // 3 + 1))
+                t = self.browse(shopper, before, t, spacing)
+                self.planted.append(self.shift(shopper, t))
+                self.browse(shopper, length - before, t, spacing)
+            else:
+                self.browse(shopper, length, t, spacing)
             shoppers.append(shopper)
         return shoppers

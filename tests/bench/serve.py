@@ -22,9 +22,10 @@ import numpy as np
 from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
+from shared.processes import run_cli as shiftrec
+from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.bench.common import print_table, write_json
-from tests.e2e.services import running_stack, shiftrec
 
 DEFAULT_RATES = (50, 100, 200, 400)
 

@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.ingestion.server import build_server
 from shared.clients import ClientConfig, open_channel
+from shared.processes import free_port
 from shared.settings import Settings
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-from tests.bench.common import free_port
 
 
 def request(*event_ids: str) -> ingestion_pb2.IngestEventsRequest:

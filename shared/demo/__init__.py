@@ -1,0 +1,1 @@
+"""`shiftrec demo` (make demo): the whole product end to end on embedded defaults."""

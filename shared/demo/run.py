@@ -1,0 +1,202 @@
+"""The demo: start the three services on embedded defaults (SQLite, CPU), stream a storefront
+through IngestEvents, train and publish a model, let inference pick it up, show a few shoppers
+before and after their interests move (no retraining in between), say whether the planted shifts
+were detected, draw the chart, stop everything."""
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.ingestion.importer import import_records
+from shared.clients import open_channel
+from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
+from shared.demo.chart import ShopperTimeline, draw
+from shared.processes import run_cli, running_stack
+from shared.protos import timestamp_us
+from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
+from shared.store import EventRecord, ItemRecord
+from shiftrec.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+RECENT_WINDOW = 8
+BURST = 8  # events in the new category
+DETECT_DRIFT = 0.2  # a profile with this much drift and the planted category rising = detected
+SIM_MODEL = {"dim": 32, "n_layers": 1, "max_len": 20, "max_minutes": 1.0}
+REAL_MODEL = {"dim": 64, "n_layers": 2, "max_len": 50, "max_minutes": 4.0}
+
+
+@dataclass
+class Featured:
+    user_id: str
+    new_category: str | None  # None: the control shopper, left alone
+    planted_at_us: int | None = None
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def simulated(seed: int) -> tuple[list[EventRecord], list[ItemRecord], str]:
+    simulator = StorefrontSimulator(seed=seed, items_per_category=40)
+    now = time.time_ns() // 1_000
+    shoppers = simulator.population(1_000, (12, 40), now - 30 * DAY_US, now - DAY_US)
+    source = f"a simulated storefront ({len(shoppers):,} shoppers, {len(simulator.catalogue())} items, 8 categories)"
+    return [e for s in shoppers for e in s.events], simulator.catalogue(), source
+
+
+def real(path: Path) -> tuple[list[EventRecord], list[ItemRecord], str]:
+    """S3-Rec Amazon files (a folder with <Domain>.txt; Beauty when present) or a Taobao CSV."""
+    if path.is_dir() and (path / "amazon").is_dir():
+        path = path / "amazon"
+    if path.is_file():
+        data = read_taobao(path)
+        return data.events, data.items, f"Taobao UserBehavior ({path.name})"
+    domains = sorted(p.stem for p in path.glob("*.txt") if not p.stem.endswith("_timestamps"))
+    domain = "Beauty" if "Beauty" in domains else domains[0]
+    d = read_s3rec(path, domain)
+    return list(s3rec_events(d)), s3rec_items(d), f"Amazon {domain} reviews"
+
+
+# -- views --------------------------------------------------------------------------------------
+def history(features: features_pb2_grpc.FeatureServiceStub, user: str, limit: int = 1000):  # type: ignore[no-untyped-def]
+    return features.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id=user, limit=limit), timeout=5).events
+
+
+def show(stack_channels: tuple, user: str, categories: dict[str, str]) -> float:  # type: ignore[type-arg]
+    features, inference = stack_channels
+    events = history(features, user)
+    counts = Counter(h.category or "?" for h in events)
+    last = ", ".join(h.category or "?" for h in events[-RECENT_WINDOW:])
+    say(f"    history    {len(events)} events — " + ", ".join(f"{c} {n}" for c, n in counts.most_common(4)))
+    say(f"    last {RECENT_WINDOW}     {last}")
+    recs = inference.Recommend(inference_pb2.RecommendRequest(user_id=user, k=5), timeout=5)
+    shown = ", ".join(f"{i.item_id} ({categories.get(i.item_id, '?')})" for i in recs.items)
+    say(f"    recommend  {shown}")
+    profile = inference.GetInterestProfile(
+        inference_pb2.GetInterestProfileRequest(user_id=user, recent_window=RECENT_WINDOW), timeout=5)
+    top = lambda xs: ", ".join(f"{c.category} {c.weight:.2f}" for c in xs[:3])
+    say(f"    long-term  {top(profile.long_term)}")
+    say(f"    recent     {top(profile.recent)}")
+    say(f"    drift      {profile.drift_score:.2f}   model shift {profile.model_shift:.2f}"
+        + (f"   rising: {top(profile.rising)}" if profile.rising else ""))
+    return profile.drift_score
+
+
+def timeline(features: features_pb2_grpc.FeatureServiceStub, f: Featured) -> ShopperTimeline:
+    events = history(features, f.user_id)
+    return ShopperTimeline(
+        f.user_id,
+        [timestamp_us(h.event.occurred_at) for h in events],
+        [h.category for h in events],
+        [h.event.type for h in events],
+        f.planted_at_us,
+        f"planted shift into {f.new_category}" if f.new_category else "control: no shift planted",
+    )
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    url, models = f"sqlite:///{out / 'store.db'}", out / "models"
+    started = time.monotonic()
+    say("ShiftRec demo — ingestion, features and inference on SQLite and the CPU, on loopback.\n")
+    with running_stack(url, models, log_dir=out) as stack:
+        say(f"1. Services up: ingestion {stack.ingestion.target}, features {stack.features.target}, "
+            f"inference {stack.inference.target} (waiting for a model). Logs in {out}/*.log")
+        if data is None:
+            events, catalogue, source = simulated(seed)
+        else:
+            events, catalogue, source = real(Path(data))
+        report = import_records(stack.ingestion.target, events, catalogue, progress=False)
+        say(f"2. Streamed {source} through IngestEvents: {report.accepted:,} events accepted, "
+            f"{report.duplicates} duplicates, {report.rejected} rejected; {report.items_upserted:,} items.")
+        config = out / "model.json"
+        config.write_text(json.dumps(SIM_MODEL if data is None else REAL_MODEL))
+        say("3. Training from the event store and publishing a model package:")
+        run_cli("train", "--database-url", url, "--out", str(models), "--config", str(config),
+                "--device", "cpu", echo=True)
+        stack.inference.wait_serving(timeout=120)
+        say("4. The inference service loaded the package and reports SERVING.\n")
+        featured = pick_shoppers(events, catalogue)
+        categories = {i.item_id: i.category for i in catalogue}
+        with open_channel(stack.features.target) as fch, open_channel(stack.inference.target) as ich:
+            stubs = (features_pb2_grpc.FeatureServiceStub(fch), inference_pb2_grpc.InferenceServiceStub(ich))
+            say("5. Before — what each shopper did and what ShiftRec recommends:")
+            before = {}
+            for f in featured:
+                say(f"  {f.user_id}")
+                before[f.user_id] = show(stubs, f.user_id, categories)
+            plant(stack.ingestion.target, featured, catalogue)
+            say(f"\n6. Interests move: {BURST} new events in a category new to each shopper arrive through "
+                "IngestEvents (the control shopper gets none). No retraining.\n")
+            say("7. After:")
+            after = {}
+            rising = {}
+            for f in featured:
+                say(f"  {f.user_id}" + (f"  (planted: now into {f.new_category})" if f.new_category else "  (control)"))
+                after[f.user_id] = show(stubs, f.user_id, categories)
+                profile = stubs[1].GetInterestProfile(inference_pb2.GetInterestProfileRequest(
+                    user_id=f.user_id, recent_window=RECENT_WINDOW), timeout=5)
+                rising[f.user_id] = profile.rising[0].category if profile.rising else ""
+            timelines = [timeline(stubs[0], f) for f in featured]
+    chart = draw(timelines, RECENT_WINDOW, out / "interest_shift.png")
+    say("\n8. Were the planted shifts detected? (drift ≥ "
+        f"{DETECT_DRIFT} and the planted category rising first)")
+    detected_all = True
+    for f in featured:
+        if f.new_category is None:
+            flagged = after[f.user_id] >= DETECT_DRIFT
+            verdict = "correctly not flagged" if not flagged else "FLAGGED (false alarm)"
+        else:
+            flagged = after[f.user_id] >= DETECT_DRIFT and rising[f.user_id] == f.new_category
+            verdict = "detected" if flagged else "MISSED"
+        detected_all &= flagged == (f.new_category is not None)
+        say(f"  {f.user_id}: drift {before[f.user_id]:.2f} -> {after[f.user_id]:.2f}, "
+            f"rising {rising[f.user_id] or '-'}: {verdict}")
+    say(f"\nChart of these shoppers' interest over time: {chart}")
+    say(f"All services stopped. Took {time.monotonic() - started:.0f} s.")
+    return 0 if detected_all else 1
+
+
+def pick_shoppers(events: list[EventRecord], catalogue: list[ItemRecord]) -> list[Featured]:
+    """Three shoppers with long, focused histories to move, and one more as the control."""
+    category = {i.item_id: i.category for i in catalogue}
+    per_user: dict[str, list[str]] = {}
+    for e in events:
+        per_user.setdefault(e.user_id, []).append(category.get(e.item_id, ""))
+
+    def focus(cats: list[str]) -> float:
+        return Counter(cats).most_common(1)[0][1] / len(cats)
+
+    ranked = sorted((u for u, cats in per_user.items() if len(cats) >= 12),
+                    key=lambda u: (-focus(per_user[u]), u))
+    all_categories = sorted({c for c in category.values() if c})
+    featured = []
+    for user in ranked[:3]:
+        unseen = [c for c in all_categories if c not in set(per_user[user])]
+        featured.append(Featured(user, unseen[len(featured) % len(unseen)]))
+    featured.append(Featured(ranked[3], None))
+    return featured
+
+
+def plant(target: str, featured: list[Featured], catalogue: list[ItemRecord]) -> None:
+    """Send a burst of views of popular items of each featured shopper's new category, now."""
+    now = time.time_ns() // 1_000 - 5 * MINUTE_US
+    by_category: dict[str, list[str]] = {}
+    for item in catalogue:
+        by_category.setdefault(item.category, []).append(item.item_id)
+    events = []
+    for f in featured:
+        if f.new_category is None:
+            continue
+        f.planted_at_us = now
+        items = by_category[f.new_category]
+        for k in range(BURST):
+            events.append(EventRecord(f"demo-shift:{f.user_id}:{k}", f.user_id, items[k % len(items)],
+                                      VIEW, now + k * MINUTE_US // 2, "demo-store"))
+    import_records(target, events, progress=False)
