@@ -80,15 +80,19 @@ def _read_int_lines(path: Path) -> dict[int, list[int]]:
 
 def s3rec_items(domain: S3RecDomain) -> list[ItemRecord]:
     """Catalogue records: category = the item's attribute most frequent across the domain (a
-    coarse, top-level category), tags = every attribute as "attr:<id>"."""
+    coarse, top-level category) among those on at most half the items (Sports tags every item
+    with its root category, which says nothing), tags = every attribute as "attr:<id>"."""
     frequency = Counter(a for attrs in domain.item_attributes.values() for a in attrs)
+    half = len(domain.item_attributes) / 2
+    informative = Counter({a: n for a, n in frequency.items() if n <= half})
     all_items = set(domain.item_names) | set(domain.item_attributes) | {
         i for seq in domain.sequences.values() for i in seq
     }
     records = []
     for item in sorted(all_items):
         attrs = domain.item_attributes.get(item, [])
-        category = f"attr:{max(attrs, key=lambda a: (frequency[a], -a))}" if attrs else ""
+        candidates = [a for a in attrs if a in informative] or attrs
+        category = f"attr:{max(candidates, key=lambda a: (frequency[a], -a))}" if candidates else ""
         records.append(
             ItemRecord(
                 item_id=domain.item_names.get(item, str(item)),
