@@ -212,6 +212,8 @@ class GrpcServer:
         stop_grace_seconds: float,
         auth_token: str | None = None,
         tls: TlsFiles | None = None,
+        health_port: int = 0,
+        max_connection_age_seconds: float = 300.0,
     ) -> None:
         self.services = list(services)
         self.stop_grace_seconds = stop_grace_seconds
@@ -225,6 +227,8 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(stop_grace_seconds * 1000)),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -241,10 +245,19 @@ class GrpcServer:
             self.port = self.server.add_secure_port(address, tls.server_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
+        # Probes cannot speak TLS: the same health servicer, alone, on a plaintext port.
+        self.health_server: grpc.aio.Server | None = None
+        if health_port:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            if self.health_server.add_insecure_port(f"{host}:{health_port}") == 0:
+                raise OSError(f"cannot listen on {host}:{health_port}")
 
     async def start(self, serving: bool = True) -> None:
         """Start listening; health says SERVING for every service unless `serving` is False."""
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         await self.set_serving(serving)
         log.info("listening", extra={"port": self.port, "services": [s.name for s in self.services]})
 
@@ -262,6 +275,8 @@ class GrpcServer:
         """Stop taking calls, let in-flight ones finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.stop_grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         log.info("stopped", extra={"port": self.port})
 
     async def serve_until_signal(self) -> None:
@@ -290,4 +305,6 @@ def server_from_settings(settings: Settings, services: Iterable[Service], port: 
         stop_grace_seconds=settings.stop_grace_seconds,
         auth_token=settings.auth_token or None,
         tls=tls,
+        health_port=settings.health_port,
+        max_connection_age_seconds=settings.max_connection_age_seconds,
     )

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
         256, ge=1, description="RPCs in flight per server; beyond it calls get RESOURCE_EXHAUSTED."
     )
     db_workers: int = Field(4, ge=1, description="Threads a server uses for database calls.")
+    health_port: int = Field(
+        0, ge=0, le=65535,
+        description="Extra plaintext port serving only grpc.health.v1 (for Kubernetes probes, "
+        "which cannot speak TLS); 0 = off.",
+    )
+    max_connection_age_seconds: float = Field(
+        300.0, gt=0,
+        description="Connections are closed (gracefully) after this long, so clients re-resolve "
+        "DNS and spread over replicas added since.",
+    )
     stop_grace_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight RPCs get to finish."
     )

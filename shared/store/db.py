@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from shared.store.store import EventStore
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_ID = 0x5348_4946_5452  # "SHIFTR": a PostgreSQL advisory lock held while migrating
 
 
 def create_store_engine(database_url: str, *, pool_size: int = 8) -> Engine:
@@ -53,6 +54,9 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Replicas starting together migrate one at a time; the others then find nothing to do.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

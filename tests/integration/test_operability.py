@@ -134,3 +134,18 @@ def test_mutual_tls_requires_a_client_certificate(serve_in_process, sqlite_url, 
     with open_channel(target, client) as channel:
         assert ingestion_pb2_grpc.IngestionServiceStub(channel).IngestEvents(request("x2"), timeout=5).accepted == 1
     assert EventStore(create_store_engine(sqlite_url)).count_events() == 1
+
+
+def test_tls_server_keeps_a_plaintext_health_port_for_probes(serve_in_process, sqlite_url, pki) -> None:  # type: ignore[no-untyped-def]
+    health_port = free_port()
+    settings = Settings(database_url=sqlite_url, tls_cert_file=str(pki / "server.pem"),
+                        tls_key_file=str(pki / "server.key"), health_port=health_port)
+    serve_in_process(lambda: build_server(settings, port=0))
+    with open_channel(f"127.0.0.1:{health_port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="shiftrec.v1.IngestionService"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as caught:  # only health lives there
+            ingestion_pb2_grpc.IngestionServiceStub(channel).IngestEvents(request("h1"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert EventStore(create_store_engine(sqlite_url)).count_events() == 0

@@ -29,3 +29,29 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     engine.dispose()
+
+
+def test_concurrent_upgrades_serialise(postgres_url: str) -> None:
+    """Replicas starting together: every upgrade succeeds, the schema is created once."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        engine = create_store_engine(postgres_url)
+        try:
+            upgrade_schema(engine)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=upgrade) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    engine = create_store_engine(postgres_url)
+    assert current_revision(engine) == "0001"
+    engine.dispose()
