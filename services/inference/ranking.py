@@ -94,7 +94,9 @@ def _allowed_mask(
         allowed[runtime.known_indices(seen)] = False
     allowed[runtime.known_indices(exclude)] = False
     if category is not None:
-        allowed &= runtime.item_categories == category
+        in_category = np.zeros_like(allowed)
+        in_category[runtime.category_columns.get(category, np.zeros(0, dtype=np.int64))] = True
+        allowed &= in_category
     return allowed
 
 

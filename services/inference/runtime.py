@@ -65,7 +65,11 @@ class ModelRuntime:
         categories = getattr(self.manifest, "item_categories", None) or [""] * len(self.item_vocab)
         if len(categories) != len(self.item_vocab):
             raise PackageError(f"{self.package_dir}: item_categories do not match item_vocab")
-        self.item_categories = np.array(categories, dtype=object)
+        self.item_categories = list(categories)
+        by_category: dict[str, list[int]] = {}
+        for column, category in enumerate(categories):
+            by_category.setdefault(category, []).append(column)
+        self.category_columns = {c: np.array(cols, dtype=np.int64) for c, cols in by_category.items()}
         self.popular_items = [i for i in (getattr(self.manifest, "popular_items", None) or []) if i in self.item_index]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
