@@ -24,12 +24,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if args.service == "ingestion":
-        from services.ingestion.server import serve
+        from services.ingestion.server import build_server
     elif args.service == "features":
-        from services.features.server import serve
+        from services.features.server import build_server
     else:
-        from services.inference.server import serve
-    asyncio.run(serve(settings, args.port))
+        from services.inference.server import build_server
+
+    async def serve() -> None:
+        server = build_server(settings, args.port)
+        await server.start()
+        await server.serve_until_signal()
+
+    asyncio.run(serve())
     return 0
 
 

@@ -75,9 +75,3 @@ class InferenceServer:
 def build_server(settings: Settings, port: int | None = None) -> InferenceServer:
     return InferenceServer(settings, port)
 
-
-async def serve(settings: Settings, port: int | None = None) -> None:
-    """Run the inference server until SIGTERM/SIGINT."""
-    server = build_server(settings, port)
-    await server.start()
-    await server.serve_until_signal()

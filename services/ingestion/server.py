@@ -23,9 +23,3 @@ def build_server(settings: Settings, port: int | None = None) -> GrpcServer:
     service = Service(SERVICE_NAME, ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, servicer)
     return server_from_settings(settings, [service], settings.ingestion_port if port is None else port)
 
-
-async def serve(settings: Settings, port: int | None = None) -> None:
-    """Run the ingestion server until SIGTERM/SIGINT."""
-    server = build_server(settings, port)
-    await server.start()
-    await server.serve_until_signal()
