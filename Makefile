@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 PROTO_SRC := $(wildcard protos/shiftrec/v1/*.proto)
 GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
+SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-drift clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-drift soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +47,9 @@ bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Run
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
+
+soak: setup  ## Recommend 200/s + 10,000 events/s for SOAK_MINUTES (default 10): errors, p99, memory growth
+	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --out var/bench/soak.json
 
 clean:  ## remove generated code, the virtualenv and local data
 	rm -rf gen $(VENV) var .pytest_cache

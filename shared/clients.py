@@ -16,27 +16,30 @@ from shared.settings import Settings
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],  # spreads over every address of a headless Service
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": "shiftrec.v1.IngestionService"},
-                    {"service": "shiftrec.v1.FeatureService"},
-                    {"service": "shiftrec.v1.InferenceService"},
-                ],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(retries: bool) -> str:
+    """round_robin over every address a name resolves to (a headless Service's pods) and, for
+    callers at the edge, the retry policy. Hops inside ShiftRec do not retry: the caller at the
+    edge does, and retries at every hop would multiply."""
+    method: dict[str, object] = {
+        "name": [
+            {"service": "shiftrec.v1.IngestionService"},
+            {"service": "shiftrec.v1.FeatureService"},
+            {"service": "shiftrec.v1.InferenceService"},
+        ]
     }
-)
+    if retries:
+        method["retryPolicy"] = RETRY_POLICY
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
+
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class ClientConfig:
     cert_file: str = ""
     key_file: str = ""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    retries: bool = True  # gRPC's retry policy for UNAVAILABLE (off for hops inside ShiftRec)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ClientConfig":
@@ -75,8 +79,16 @@ class ClientConfig:
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", RETRY_SERVICE_CONFIG),
+            ("grpc.enable_retries", int(self.retries)),
+            ("grpc.service_config", service_config(self.retries)),
+            # Retries replay the request from a buffer (256 KiB by default): a 2,000-event
+            # batch is larger, and would otherwise not be retried at all.
+            ("grpc.per_rpc_retry_buffer_size", self.max_message_bytes),
+            # Reconnect within a second or two of a peer's return instead of gRPC's default
+            # backoff, which grows to two minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
 
 

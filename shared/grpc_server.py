@@ -112,8 +112,11 @@ class ObservingInterceptor(UnaryInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                response = await behaviour(request, context)
+                # Headers go out only with a success: gRPC never retries a call once response
+                # headers have arrived, and a failed call must stay retryable.
                 await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                return await behaviour(request, context)
+                return response
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # set by abort()
                 if not isinstance(code, grpc.StatusCode):
@@ -146,17 +149,56 @@ class BearerTokenInterceptor(UnaryInterceptor):
         return refused
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes do not parse as the method's message."""
+
+    reason: str
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc.aio decodes requests before any interceptor runs and answers UNKNOWN when that
+    fails; decode here instead, so a malformed request becomes INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or UnicodeDecodeError for a bad string
+            return Undecodable(str(exc) or "cannot parse the request")
+
+    return decode
+
+
 class DomainErrorInterceptor(UnaryInterceptor):
-    """Maps domain exceptions raised by servicer methods to status codes, in one place.
+    """Maps domain exceptions raised by servicer methods to status codes, in one place, and
+    malformed requests to INVALID_ARGUMENT.
 
     Anything unexpected is logged with its traceback and answered INTERNAL without details.
     """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self.wrap(handler.unary_unary, handler_call_details),
+            request_deserializer=tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
 
     def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         method = details.method
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument([("request", f"malformed request: {request.reason}")])
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise

@@ -3,6 +3,7 @@ client, gRPC server (NOT_SERVING until a model is loaded), graceful stop."""
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +33,7 @@ class InferenceServer:
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.features = FeatureClient(
             settings.features_target, settings.features_timeout_seconds, settings.inference_history_limit,
-            ClientConfig.from_settings(settings),
+            dataclasses.replace(ClientConfig.from_settings(settings), retries=False),
         )
         servicer = InferenceServicer(Inference(self.registry, settings.recent_window), self.features, self.executor)
         service = Service(SERVICE_NAME, inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)
@@ -44,6 +45,9 @@ class InferenceServer:
 
     async def start(self) -> None:
         await run_blocking(self.loader, self.registry.refresh)
+        # Connect to features before taking traffic, so the first calls need not fall back.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.features.channel.channel_ready(), timeout=5)
         await self.grpc.start(serving=self.registry.loaded)
         self._watcher = asyncio.create_task(self._watch())
 

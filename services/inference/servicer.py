@@ -1,6 +1,7 @@
 """InferenceService over gRPC: validate, fetch history from FeatureService, run the core off the
 event loop, domain -> proto."""
 
+import logging
 from concurrent.futures import Executor
 
 import grpc
@@ -12,6 +13,8 @@ from shared import metrics
 from shared.errors import Unavailable
 from shared.grpc_server import run_blocking
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 PROVIDER_METADATA = "shiftrec-execution-provider"
 
@@ -38,7 +41,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.inference.registry.current()  # FAILED_PRECONDITION before any remote call
         try:
             history, _ = await self.features.history(request.user_id)
-        except Unavailable:
+        except Unavailable as exc:
+            log.warning("feature service unavailable: serving popular items", extra={"reason": str(exc)})
             result = await run_blocking(
                 self.executor, self.inference.popular, request.k, category, exclude, (),
                 Strategy.FALLBACK_FEATURES_UNAVAILABLE,

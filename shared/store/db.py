@@ -36,7 +36,19 @@ def create_store_engine(database_url: str, *, pool_size: int = 8) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    # Bounded waits: a database that drops packets (rather than refusing) must not hold a
+    # worker thread for minutes.
+    connect_args = {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "options": "-c statement_timeout=30000",
+    }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+    )
 
 
 def open_store(database_url: str, *, pool_size: int = 8, migrate: bool = True) -> "EventStore":
