@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from shared.errors import InvalidArgument
 from shared.store import EventRecord, EventStore, ItemRecord
+from shared.store.store import Inserted
 from shared.validation import id_problem, number_problem, text_problem
 
 VALID_EVENT_TYPES = range(1, 7)  # shiftrec.v1.EventType VIEW .. REVIEW
@@ -14,6 +15,7 @@ EARLIEST_US = 631_152_000_000_000  # 1990-01-01T00:00:00Z
 FUTURE_SLACK_US = 5 * 60 * 1_000_000  # clocks of storefronts may run a little ahead
 MAX_TITLE_LENGTH = 2_000
 MAX_TAGS = 64
+ERASED_REASON = "user_id: erased by DeleteUser after this event occurred; not stored again"
 
 
 class Outcome(enum.IntEnum):
@@ -139,15 +141,14 @@ class Ingestor:
                     event.value,
                 )
                 results.append(None)  # decided once the store has answered
-        inserted = self.store.insert_events(list(valid.values()), received_at_us=now_us)
-        return [
-            result
-            or EventResult(
-                event.event_id,
-                Outcome.ACCEPTED if event.event_id in inserted else Outcome.DUPLICATE,
-            )
-            for event, result in zip(events, results, strict=True)
-        ]
+        stored = self.store.insert_events(list(valid.values()), received_at_us=now_us)
+        return [result or self._stored_outcome(event.event_id, stored) for event, result in zip(events, results, strict=True)]
+
+    @staticmethod
+    def _stored_outcome(event_id: str, stored: Inserted) -> EventResult:
+        if event_id in stored.erased:
+            return EventResult(event_id, Outcome.REJECTED, ERASED_REASON)
+        return EventResult(event_id, Outcome.ACCEPTED if event_id in stored.ids else Outcome.DUPLICATE)
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:
         """Validate every item, then write them all, or none if any is invalid."""
@@ -166,4 +167,4 @@ class Ingestor:
         problem = id_problem(user_id)
         if problem:
             raise InvalidArgument([("user_id", problem)])
-        return self.store.delete_user(user_id)
+        return self.store.delete_user(user_id, erased_at_us=self.clock())

@@ -47,3 +47,13 @@ class ItemRow(Base):
     brand: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), default="")
     price: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ErasureRow(Base):
+    """A user erased by DeleteUser, and when: their events that occurred before that moment are
+    refused if they are sent again (a retry in flight, a replayed queue, a re-run import)."""
+
+    __tablename__ = "erasures"
+
+    user_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    erased_at_us: Mapped[int] = mapped_column(BigInteger)

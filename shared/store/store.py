@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.errors import Unavailable
-from shared.store.models import EventRow, ItemRow
+from shared.store.models import ErasureRow, EventRow, ItemRow
 
 # Rows per INSERT statement; SQLite allows 32,766 bound parameters, 9 columns each.
 _INSERT_CHUNK = 2_000
@@ -55,6 +55,15 @@ class ItemRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Inserted:
+    """What insert_events did: the ids stored now, and the ids refused because their user was
+    erased after the event occurred."""
+
+    ids: set[str]
+    erased: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One event of a user's history with its item's catalogue attributes."""
 
@@ -72,37 +81,43 @@ class EventStore:
         # SQLite has one writer at a time; serialising writers here avoids lock timeouts.
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
 
-    def _insert(self, table: type[EventRow] | type[ItemRow]):  # type: ignore[no-untyped-def]
+    def _insert(self, table: type[EventRow] | type[ItemRow] | type[ErasureRow]):  # type: ignore[no-untyped-def]
         dialect = sqlite if self._dialect == "sqlite" else postgresql
         return dialect.insert(table)
 
-    def insert_events(self, events: Sequence[EventRecord], received_at_us: int) -> set[str]:
-        """Store the events in one transaction; return the ids that were new.
+    def insert_events(self, events: Sequence[EventRecord], received_at_us: int) -> Inserted:
+        """Store the events in one transaction; report the ids that were new.
 
         Ids already stored (or repeated within `events`) are skipped, so re-sending is harmless.
+        Events of an erased user that occurred before the erasure are not stored.
         """
         if not events:
-            return set()
-        rows = [
-            {
-                "event_id": e.event_id,
-                "user_id": e.user_id,
-                "item_id": e.item_id,
-                "event_type": e.event_type,
-                "occurred_at_us": e.occurred_at_us,
-                "received_at_us": received_at_us,
-                "platform": e.platform,
-                "value": e.value,
-            }
-            for e in events
-        ]
+            return Inserted(set())
         inserted: set[str] = set()
         with self._writing(), self.engine.begin() as conn:
+            erased_at = self._erasures(conn, {e.user_id for e in events})
+            erased = {e.event_id for e in events if e.occurred_at_us <= erased_at.get(e.user_id, -1)}
+            rows = [
+                {
+                    "event_id": e.event_id,
+                    "user_id": e.user_id,
+                    "item_id": e.item_id,
+                    "event_type": e.event_type,
+                    "occurred_at_us": e.occurred_at_us,
+                    "received_at_us": received_at_us,
+                    "platform": e.platform,
+                    "value": e.value,
+                }
+                for e in events
+                if e.event_id not in erased
+            ]
+            if not rows:
+                return Inserted(inserted, erased)
             if self._dialect == "postgresql":
                 # One statement over arrays: ~3x the rate of multi-row VALUES on PostgreSQL.
                 columns = {name: [row[name] for row in rows] for name in rows[0]}
                 inserted.update(conn.execute(_PG_UNNEST_INSERT, columns).scalars())
-                return inserted
+                return Inserted(inserted, erased)
             stmt = (
                 self._insert(EventRow)
                 .on_conflict_do_nothing(index_elements=["event_id"])
@@ -111,7 +126,17 @@ class EventStore:
             for start in range(0, len(rows), _INSERT_CHUNK):
                 result = conn.execute(stmt, rows[start : start + _INSERT_CHUNK])
                 inserted.update(result.scalars())
-        return inserted
+        return Inserted(inserted, erased)
+
+    def _erasures(self, conn: Connection, users: set[str]) -> dict[str, int]:
+        """When each of `users` was erased (only those that were)."""
+        found: dict[str, int] = {}
+        ordered = sorted(users)
+        for start in range(0, len(ordered), _INSERT_CHUNK):
+            chunk = ordered[start : start + _INSERT_CHUNK]
+            query = select(ErasureRow.user_id, ErasureRow.erased_at_us).where(ErasureRow.user_id.in_(chunk))
+            found.update({row.user_id: row.erased_at_us for row in conn.execute(query)})
+        return found
 
     def upsert_items(self, items: Sequence[ItemRecord], updated_at_us: int) -> int:
         """Insert or replace the items in one transaction; return how many were written."""
@@ -140,10 +165,16 @@ class EventStore:
                 conn.execute(stmt, rows[start : start + _INSERT_CHUNK])
         return len(rows)
 
-    def delete_user(self, user_id: str) -> int:
-        """Erase every event of the user; return how many were erased."""
+    def delete_user(self, user_id: str, erased_at_us: int) -> int:
+        """Erase every event of the user and remember the erasure (events that occurred before
+        `erased_at_us` are refused from now on); return how many events were erased."""
+        stmt = self._insert(ErasureRow).values(user_id=user_id, erased_at_us=erased_at_us)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id"], set_={"erased_at_us": stmt.excluded.erased_at_us}
+        )
         with self._writing(), self.engine.begin() as conn:
             result = conn.execute(delete(EventRow).where(EventRow.user_id == user_id))
+            conn.execute(stmt)
         return int(result.rowcount or 0)
 
     def recent_history(self, user_id: str, limit: int) -> list[HistoryEntry]:

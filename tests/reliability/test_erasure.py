@@ -1,6 +1,6 @@
 """DeleteUser: every event of the user leaves the store, history and recommendations fall back
-(STRATEGY_RECENT_POPULAR), and a re-sent old event of that user after erasure is stored again
-as new — erasure is not a block list (current, documented behaviour)."""
+(STRATEGY_RECENT_POPULAR); a re-sent old event of that user (a retry in flight, a replayed queue)
+is REJECTED and stays erased, while a new event after the erasure is accepted."""
 
 from pathlib import Path
 
@@ -66,12 +66,19 @@ def test_delete_user_erases_history_and_recommendations_fall_back(serve_in_proce
         # erasing again is harmless
         assert ingest.DeleteUser(ingestion_pb2.DeleteUserRequest(user_id=user), timeout=10).deleted_events == 0
 
-        # A storefront re-sends one of the erased events (a retry, a replayed queue): stored as new.
+        # A storefront re-sends one of the erased events (a retry, a replayed queue): refused.
         old = event_to_proto(mine[-1])
         resent = ingest.IngestEvents(ingestion_pb2.IngestEventsRequest(events=[old]), timeout=10)
-        assert resent.results[0].status == ingestion_pb2.EVENT_STATUS_ACCEPTED
-        assert history(user) == [old.event_id]
-        assert store.count_events(user) == 1
+        assert resent.results[0].status == ingestion_pb2.EVENT_STATUS_REJECTED
+        assert resent.results[0].reason.startswith("user_id: erased")
+        assert history(user) == [] and store.count_events(user) == 0
+        # The shopper comes back after the erasure: new activity is stored as usual.
+        fresh = event_to_proto(mine[-1])
+        fresh.event_id = f"{old.event_id}-after-erasure"
+        fresh.occurred_at.GetCurrentTime()
+        again = ingest.IngestEvents(ingestion_pb2.IngestEventsRequest(events=[fresh]), timeout=10)
+        assert again.results[0].status == ingestion_pb2.EVENT_STATUS_ACCEPTED
+        assert history(user) == [fresh.event_id]
         revived = recommend(user)
         assert revived.strategy == inference_pb2.STRATEGY_MODEL  # the user is back, with one event
         try:

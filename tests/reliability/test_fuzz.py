@@ -154,6 +154,7 @@ class Mirror:
     store: EventStore
     events: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     items: dict[str, ItemRecord] = field(default_factory=dict)
+    erased: dict[str, int] = field(default_factory=dict)  # user -> when DeleteUser erased them (µs)
 
     def reload(self) -> None:
         query = "SELECT event_id, user_id, item_id, event_type, occurred_at_us, platform, value FROM events"
@@ -305,6 +306,10 @@ def fuzz_ingest_events(s: Stack, batch: list[common_pb2.Event], rpc: str) -> Non
             if not event_ok(e, now_us):
                 assert r.status == ingestion_pb2.EVENT_STATUS_REJECTED and r.reason, (e, r)
                 continue
+            occurred_us = e.occurred_at.seconds * 1_000_000 + e.occurred_at.nanos // 1_000
+            if occurred_us <= s.mirror.erased.get(e.user_id, -1):
+                assert r.status == ingestion_pb2.EVENT_STATUS_REJECTED and r.reason.startswith("user_id: erased")
+                continue
             stored = e.event_id in s.mirror.events or e.event_id in seen_in_batch
             assert r.status == (ingestion_pb2.EVENT_STATUS_DUPLICATE if stored else ingestion_pb2.EVENT_STATUS_ACCEPTED)
             if not stored:
@@ -358,9 +363,12 @@ def test_fuzz_upsert_items(stack: Stack, batch: list[common_pb2.Item]) -> None:
 @examples(550)
 @given(user=st.one_of(st.sampled_from(POOL[:4]), ids))
 def test_fuzz_delete_user(stack: Stack, user: str) -> None:
+    before_us = time.time_ns() // 1_000
     code, response = call("DeleteUser", stack.ingest.DeleteUser, ingestion_pb2.DeleteUserRequest(user_id=user))
     assert code == ("OK" if id_ok(user) else "INVALID_ARGUMENT")
     if code == "OK":
+        # the server stamps the erasure between these two instants; older events stay out
+        stack.mirror.erased[user] = before_us
         assert response.deleted_events == stack.mirror.user_events(user)
         stack.mirror.events = {k: v for k, v in stack.mirror.events.items() if v[1] != user}
     assert stack.mirror.store.count_events() == len(stack.mirror.events)

@@ -1,5 +1,7 @@
 """IngestionService over a real gRPC channel, on SQLite and PostgreSQL."""
 
+import time
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -159,6 +161,13 @@ def test_delete_user_erases_only_that_user(ingestion) -> None:  # type: ignore[n
     assert response.deleted_events == 2
     assert store.count_events("gone") == 0 and store.count_events("kept") == 1
     assert stub.DeleteUser(ingestion_pb2.DeleteUserRequest(user_id="gone")).deleted_events == 0
+    # An erased event sent again stays out; the shopper's activity after the erasure is stored.
+    replay = ingest(stub, make_event("a", user="gone"), make_event("later", user="gone",
+                                                                    occurred_at=Timestamp(seconds=int(time.time()) + 2)))
+    assert [r.status for r in replay.results] == [ingestion_pb2.EVENT_STATUS_REJECTED, ingestion_pb2.EVENT_STATUS_ACCEPTED]
+    assert replay.results[0].reason.startswith("user_id: erased")
+    assert store.count_events("gone") == 1
+    store.delete_user("gone", erased_at_us=0)  # tidy up for the count below
     with pytest.raises(grpc.RpcError) as caught:
         stub.DeleteUser(ingestion_pb2.DeleteUserRequest(user_id=""), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

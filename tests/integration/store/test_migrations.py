@@ -14,7 +14,7 @@ def test_migrations_match_models(database_url: str) -> None:
     assert current_revision(engine) is None
     upgrade_schema(engine)
     upgrade_schema(engine)  # idempotent
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -53,5 +53,5 @@ def test_concurrent_upgrades_serialise(postgres_url: str) -> None:
         t.join(60)
     assert errors == []
     engine = create_store_engine(postgres_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     engine.dispose()

@@ -1,0 +1,170 @@
+"""One-epoch training, export and parity on a tiny generated dataset; determinism; training
+from the event store equals training from the same events in files."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from shared import model_package as pkg
+from training import evaluation
+from training.data import HOLDOUT_TEST, load_files, load_store
+from training.model import ModelConfig
+from training.train import TrainConfig, main, train
+
+TINY = {"dim": 16, "n_layers": 1, "max_len": 12}
+DAY = 86_400
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """S3-Rec format files: 80 users drifting between two item groups with their attributes."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(7)
+    n_items = 60
+    seqs, stamps = [], []
+    for user in range(1, 81):
+        length = int(rng.integers(4, 16))
+        group = int(rng.integers(0, 2))
+        items, t = [], 1_400_000_000 + int(rng.integers(0, 100)) * DAY
+        times = []
+        for _ in range(length):
+            if rng.random() < 0.2:
+                group = 1 - group  # an interest shift
+            items.append(int(rng.integers(1, 31)) + 30 * group)
+            t += int(rng.integers(0, 20)) * DAY
+            times.append(t)
+        seqs.append(f"{user} " + " ".join(map(str, items)))
+        stamps.append(f"{user} " + " ".join(map(str, times)))
+    (root / "Tiny.txt").write_text("\n".join(seqs) + "\n")
+    (root / "Tiny_timestamps.txt").write_text("\n".join(stamps) + "\n")
+    attrs = {str(i): [1 + (i - 1) // 30, 3 + i % 5] for i in range(1, n_items + 1)}
+    (root / "Tiny_item2attributes.json").write_text(json.dumps(attrs))
+    rows = ["s3rec_item_id\tasin\ttitle\tp5_textual_id\ts3rec_attribute_ids"]
+    rows += [f"{i}\tB{i:08d}\titem {i}\titem {i}\t{' '.join(map(str, attrs[str(i)]))}"
+             for i in range(1, n_items + 1)]
+    (root / "Tiny_items.tsv").write_text("\n".join(rows) + "\n")
+    users = ["s3rec_user_id\treviewer_id"] + [f"{u}\tR{u:05d}" for u in range(1, 81)]
+    (root / "Tiny_users.tsv").write_text("\n".join(users) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_files(f"s3rec:{tiny_dir / 'Tiny'}", holdout=HOLDOUT_TEST)
+
+
+def one_epoch(data, seed=0):
+    return train(data, ModelConfig(**TINY), TrainConfig(epochs=1, seed=seed, device="cpu"), progress=False)
+
+
+def test_split_is_leave_one_out(tiny):
+    for u in range(len(tiny.users)):
+        n = len(tiny.items[u])
+        assert tiny.target_index(u, "test") == n - 1
+        assert tiny.target_index(u, "valid") == n - 2
+        assert tiny.train_end(u) == n - 2
+    serving = tiny.with_holdout("serving")
+    assert serving.target_index(0, "valid") == len(tiny.items[0]) - 1
+    assert serving.target_index(0, "test") == -1
+
+
+def test_one_epoch_export_and_parity(tiny, tmp_path):
+    report = main(data=tiny, out=str(tmp_path / "models"), overrides={**TINY, "epochs": 1},
+                  device="cpu", progress=False)
+    version = pkg.latest_version(tmp_path / "models")
+    package = tmp_path / "models" / version
+    assert report["package"] == str(package)
+    assert sorted(p.name for p in package.iterdir()) == sorted(
+        [pkg.MODEL_FILE, pkg.MANIFEST_FILE, pkg.CURVE_FILE, "weights.pt"])
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
+    manifest = pkg.load_manifest(package)
+    assert manifest.item_vocab == tiny.item_vocab
+    assert manifest.data_fingerprint == tiny.fingerprint()
+    assert manifest.metrics["parity"]["max_abs_diff_scores"] <= 1e-4
+
+    # the serving side's re-check: the manifest's parity sample through ONNX Runtime
+    session = ort.InferenceSession(str(package / pkg.MODEL_FILE), providers=["CPUExecutionProvider"])
+    feeds = {n: np.array(v, dtype=np.int64) for n, v in manifest.parity_sample["inputs"].items()}
+    scores, probs, user = session.run(list(pkg.OUTPUT_NAMES), feeds)
+    assert scores.shape == (len(feeds[pkg.INPUT_ITEM_IDS]), tiny.n_items)
+    assert user.shape == (scores.shape[0], manifest.dim)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    assert [[manifest.item_vocab[j] for j in row] for row in top] == manifest.parity_sample["top10_item_ids"]
+    np.testing.assert_allclose(np.take_along_axis(scores, top, 1),
+                               manifest.parity_sample["top10_scores"], atol=1e-4)
+    # dynamic batch: one row alone scores as it does in a batch
+    alone = session.run([pkg.OUTPUT_SCORES], {n: v[:1] for n, v in feeds.items()})[0]
+    np.testing.assert_allclose(alone[0], scores[0], atol=1e-5)
+
+    # the ONNX package evaluates in the same harness as the PyTorch model did
+    onnx_metrics = evaluation.evaluate_package(str(tmp_path / "models"), tiny)
+    assert onnx_metrics["NDCG@10"] == pytest.approx(report["metrics"]["NDCG@10"], abs=1e-6)
+
+
+def test_a_second_publish_moves_latest(tiny, tmp_path):
+    models = tmp_path / "models"
+    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
+         version="v1")
+    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
+         version="v2")
+    assert pkg.latest_version(models) == "v2"
+    assert (models / "v1" / pkg.MANIFEST_FILE).exists()
+    with pytest.raises(FileExistsError):
+        main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu",
+             progress=False, version="v2")
+    assert pkg.latest_version(models) == "v2"
+
+
+def test_training_is_deterministic_under_a_seed(tiny):
+    a, b, c = one_epoch(tiny, seed=3), one_epoch(tiny, seed=3), one_epoch(tiny, seed=4)
+    assert a.history[0]["loss"] == b.history[0]["loss"]
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert a.history[0]["loss"] != c.history[0]["loss"]
+
+
+def test_store_and_files_give_the_same_training(tiny_dir, tiny, tmp_path):
+    from shared.datasets import read_s3rec, s3rec_events, s3rec_items
+    from shared.store import EventStore, create_store_engine, upgrade_schema
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    engine = create_store_engine(url)
+    upgrade_schema(engine)
+    store = EventStore(engine)
+    domain = read_s3rec(tiny_dir, "Tiny")
+    store.upsert_items(s3rec_items(domain), updated_at_us=1)
+    store.insert_events(list(s3rec_events(domain)), received_at_us=1)
+    engine.dispose()
+
+    from_store = load_store(url, holdout=HOLDOUT_TEST)
+    assert from_store.fingerprint() == tiny.fingerprint()
+    a, b = one_epoch(tiny), one_epoch(from_store)
+    assert a.history[0]["loss"] == b.history[0]["loss"]
+    assert a.history[0]["valid_NDCG@10"] == b.history[0]["valid_NDCG@10"]
+
+
+def test_sampled_softmax_and_ablation_train(tiny):
+    for over in ({"loss": "sampled", "n_negatives": 16},
+                 {"use_tags": False, "use_types": False, "use_time": False}):
+        result = train(tiny, ModelConfig(**{**TINY, **over}), TrainConfig(epochs=1, device="cpu"),
+                       progress=False)
+        assert np.isfinite(result.history[0]["loss"])
+
+
+def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
+    models = tmp_path / "models"
+    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
+         version="parent")
+    # lr 0: the child's weights stay the parent's, so its scores must be the parent's
+    main(data=tiny, out=str(models), overrides={"epochs": 1, "lr": 0.0}, device="cpu",
+         progress=False, version="child", finetune_from=str(models))
+    parent, child = pkg.load_manifest(models / "parent"), pkg.load_manifest(models / "child")
+    assert child.parent_version == "parent"
+    assert child.config["model"]["dim"] == TINY["dim"]
+    np.testing.assert_allclose(child.parity_sample["top10_scores"], parent.parity_sample["top10_scores"],
+                               atol=1e-6)
