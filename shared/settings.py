@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         0.25, gt=0, description="Deadline of inference's GetUserHistory calls."
     )
     inference_history_limit: int = Field(
-        1000, ge=1, le=10_000,
+        200, ge=1, le=10_000,
         description="Events inference fetches per user (the model reads the last max_len; "
         "all of them are masked as seen and feed the interest profile).",
     )
