@@ -8,7 +8,7 @@ GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-drift soak clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-drift soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the 
 
 bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Runtime vs PyTorch eager
 	$(BIN)/python -m tests.bench.serve --datasets $(DATASETS) --out var/bench/serve.json
+
+bench-quality: setup  ## served = evaluated: import (holdout 1), train from the store, serve, HR/NDCG vs offline
+	$(BIN)/python -m tests.bench.quality --datasets $(DATASETS) --out var/bench/quality.json
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
