@@ -84,19 +84,29 @@ def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
+def eager_model(package_dir: Path, manifest: pkg.Manifest):  # type: ignore[no-untyped-def]
+    """The package's PyTorch weights as the same serving module the ONNX file was exported from."""
+    from training.export import ServingModel, load_weights
+    from training.model import ModelConfig, ShiftRec
+
+    weights = load_weights(package_dir)
+    state = weights["state_dict"]
+    model = ShiftRec(ModelConfig(**weights["model_config"]), state["item_tags"])
+    model.load_state_dict(state)
+    return ServingModel(model, (manifest.calibration["a"], manifest.calibration["b"])).eval()
+
+
 def model_alone(package_dir: Path, threads: int) -> list[dict[str, float]]:
     """ONNX Runtime (CPU provider) vs PyTorch eager on the same package and inputs."""
     import onnxruntime as ort
     import torch
-
-    from training.export import load_serving_model
 
     manifest = pkg.load_manifest(package_dir)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(package_dir / pkg.MODEL_FILE), options, providers=["CPUExecutionProvider"])
     torch.set_num_threads(threads)
-    eager = load_serving_model(package_dir).eval()
+    eager = eager_model(package_dir, manifest)
     rng = np.random.default_rng(0)
     rows = []
     for batch in (1, 256):
