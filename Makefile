@@ -8,7 +8,7 @@ GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-drift soak clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-train report-train bench-drift soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Run
 
 bench-quality: setup  ## served = evaluated: import (holdout 1), train from the store, serve, HR/NDCG vs offline
 	$(BIN)/python -m tests.bench.quality --datasets $(DATASETS) --out var/bench/quality.json
+
+bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU; --device cuda on a GPU box)
+	$(BIN)/python -m training.bench --datasets $(DATASETS) --out var/bench/train.json
+
+report-train: setup  ## the quality table: 3 seeds x (model, ablation) + baselines on Beauty and Sports
+	$(BIN)/python -m training.report --datasets $(DATASETS) --seeds 3 --out var/reports/training
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json

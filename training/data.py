@@ -35,6 +35,7 @@ class SequenceData:
     times: list[np.ndarray]  # per user (n_u,) int64 unix seconds
     holdout: str = HOLDOUT_TEST
     source: str = ""
+    item_categories: list[str] | None = None  # aligned with item_vocab ("" when unknown)
 
     @property
     def n_items(self) -> int:
@@ -105,6 +106,7 @@ def from_records(
     for i, names in enumerate(item_tag_names, start=1):
         item_tags[i, : len(names)] = [tag_index[t] for t in names]
     titles = [records[i].title if i in records else "" for i in item_vocab]
+    categories = [records[i].category if i in records else "" for i in item_vocab]
 
     users = sorted(per_user)
     items, types, times = [], [], []
@@ -114,7 +116,7 @@ def from_records(
         types.append(np.array([e.event_type for e in evs], dtype=np.int64).clip(0, N_EVENT_TYPES - 1))
         times.append(np.array([e.occurred_at_us // 1_000_000 for e in evs], dtype=np.int64))
     return SequenceData(item_vocab, titles, tag_vocab, item_tags, users, items, types, times,
-                        holdout, source)
+                        holdout, source, categories)
 
 
 def load_files(spec: str, *, holdout: str = HOLDOUT_TEST) -> SequenceData:

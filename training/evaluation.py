@@ -160,3 +160,58 @@ def evaluate(
     out = summarize(collect(data, scorer, split, max_len, seed=seed), calibration)
     out["calibration_a"], out["calibration_b"] = calibration
     return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column table of the metrics."""
+    return "\n".join(f"  {k:<20} {v:.4f}" if isinstance(v, float) else f"  {k:<20} {v}"
+                      for k, v in metrics.items())
+
+
+def remap_to_vocab(data: SequenceData, vocab: list[str]) -> SequenceData:
+    """The same sequences over another item vocabulary (a package's); events on items unknown
+    to it are dropped, as the server does."""
+    index = {item: i + 1 for i, item in enumerate(vocab)}
+    old_to_new = np.array([0] + [index.get(item, 0) for item in data.item_vocab], dtype=np.int64)
+    item_tags = np.zeros((len(vocab) + 1, data.item_tags.shape[1]), dtype=np.int64)
+    known = old_to_new > 0
+    item_tags[old_to_new[known]] = data.item_tags[known]
+    items, types, times = [], [], []
+    for seq, ty, tm in zip(data.items, data.types, data.times):
+        new = old_to_new[seq]
+        keep = new > 0
+        items.append(new[keep])
+        types.append(ty[keep])
+        times.append(tm[keep])
+    titles = [""] * len(vocab)
+    return SequenceData(list(vocab), titles, data.tag_vocab, item_tags, data.users, items, types,
+                        times, data.holdout, data.source)
+
+
+def onnx_scorer(package_dir: str) -> tuple[Scorer, dict]:
+    """A harness scorer running a published package in ONNX Runtime, and its manifest."""
+    import onnxruntime as ort
+
+    from shared import model_package as pkg
+
+    path = pkg.resolve_package(package_dir)
+    manifest = pkg.load_manifest(path)
+    session = ort.InferenceSession(str(path / pkg.MODEL_FILE), providers=["CPUExecutionProvider"])
+
+    def score(inputs: Inputs) -> np.ndarray:
+        feeds = {pkg.INPUT_ITEM_IDS: inputs.items, pkg.INPUT_EVENT_TYPES: inputs.types,
+                 pkg.INPUT_TIMESTAMPS: inputs.times}
+        return session.run([pkg.OUTPUT_SCORES], feeds)[0]
+
+    return score, {"manifest": manifest, "path": str(path)}
+
+
+def evaluate_package(package_dir: str, data: SequenceData, seed: int = 0) -> dict[str, float]:
+    """Every metric of a published package on `data` (test split, or validation when the data
+    holds nothing else out), with the package's own calibration."""
+    scorer, info = onnx_scorer(package_dir)
+    manifest = info["manifest"]
+    data = remap_to_vocab(data, manifest.item_vocab)
+    split = "test" if data.holdout == "test" else "valid"
+    calibration = (manifest.calibration["a"], manifest.calibration["b"])
+    return evaluate(data, scorer, manifest.max_len, split=split, calibration=calibration, seed=seed)

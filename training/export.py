@@ -4,13 +4,13 @@ and atomic publication of the model package (see `shared.model_package` for the 
 import shutil
 import warnings
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from shared import model_package as pkg
 from training.data import SequenceData, eval_set
@@ -21,6 +21,14 @@ SCORE_TOLERANCE = 1e-4
 TOP_K = 10
 PARITY_USERS = 256  # real sequences compared between ONNX Runtime and PyTorch
 SAMPLE_USERS = 4  # of which a few go into the manifest for the serving side to re-check
+POPULAR_ITEMS = 100  # the manifest's cold-start list
+WEIGHTS_FILE = "weights.pt"  # PyTorch state for fine-tuning; the serving side ignores it
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """The PyTorch weights of a published package (for fine-tuning), with its vocabularies."""
+    package = pkg.resolve_package(path)
+    return torch.load(package / WEIGHTS_FILE, map_location="cpu", weights_only=True)
 
 
 class ParityError(RuntimeError):
@@ -48,7 +56,7 @@ class ServingModel(nn.Module):
 
 
 def new_version(fingerprint: str) -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + fingerprint[:8]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + fingerprint[:8]
 
 
 def parity_inputs(data: SequenceData, max_len: int, n: int = PARITY_USERS) -> dict[str, np.ndarray]:
@@ -62,6 +70,13 @@ def parity_inputs(data: SequenceData, max_len: int, n: int = PARITY_USERS) -> di
     rows = np.unique(np.r_[order[: n // 4], np.linspace(0, len(order) - 1, n - n // 4).astype(int)])
     return {pkg.INPUT_ITEM_IDS: es.inputs.items[rows], pkg.INPUT_EVENT_TYPES: es.inputs.types[rows],
             pkg.INPUT_TIMESTAMPS: es.inputs.times[rows]}
+
+
+def popular_columns(data: SequenceData, n: int = POPULAR_ITEMS) -> list[int]:
+    """Vocabulary positions of the most-interacted items in the training events, most first."""
+    counts = np.bincount(np.concatenate([data.items[u][: data.train_end(u)] for u in range(len(data.users))]),
+                         minlength=data.n_items + 1)[1:]
+    return [int(j) for j in np.argsort(-counts, kind="stable")[:n] if counts[j] > 0]
 
 
 def top_k_agree(reference: np.ndarray, other: np.ndarray, k: int = TOP_K, tie: float = 1e-6) -> bool:
@@ -132,7 +147,7 @@ def export_package(
         top_scores, top_idx = scores.topk(TOP_K, dim=1)
         manifest = pkg.Manifest(
             version=version,
-            created_at=datetime.now(timezone.utc).isoformat(),
+            created_at=datetime.now(UTC).isoformat(),
             data_fingerprint=fingerprint,
             item_vocab=list(data.item_vocab),
             config={"model": asdict(cfg), "train": asdict(trained.train_cfg)},
@@ -150,9 +165,14 @@ def export_package(
                 "tolerance": SCORE_TOLERANCE,
             },
             parent_version=parent_version,
+            item_categories=list(data.item_categories or [""] * data.n_items),
+            popular_items=[data.item_vocab[j] for j in popular_columns(data)],
             data_source=data.source,
         )
         (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())
+        torch.save({"state_dict": model.state_dict(), "model_config": asdict(cfg), "version": version,
+                    "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab)},
+                   staged / WEIGHTS_FILE)
         save_curve(trained.history, staged / pkg.CURVE_FILE)
         return pkg.publish_package(staged, model_dir, version)
     except BaseException:

@@ -83,6 +83,7 @@ def train(
     *,
     progress: bool = True,
     on_epoch: Any = None,
+    warm_start: dict[str, Any] | None = None,
 ) -> Trained:
     # setup
     torch.manual_seed(train_cfg.seed)
@@ -97,7 +98,10 @@ def train(
     valid_set = eval_set(data, "valid", model_cfg.max_len)
 
     # model
-    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags)).to(device)
+    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags))
+    if warm_start is not None:
+        load_warm_start(model, warm_start, data)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scorer = torch_scorer(model, device)
 
@@ -143,6 +147,25 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:
+    """Start from a parent package's weights (fine-tuning). Item and tag embedding rows are
+    matched by id, so items new since the parent keep their fresh initialisation."""
+    state = model.state_dict()
+    rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab),
+            "tag_emb.weight": (parent["tag_vocab"], data.tag_vocab)}
+    for name, value in parent["state_dict"].items():
+        if name not in state or name == "item_tags":
+            continue
+        if name in rows:
+            old_index = {key: i + 1 for i, key in enumerate(rows[name][0])}
+            for new_row, key in enumerate(rows[name][1], start=1):
+                if key in old_index:
+                    state[name][new_row] = value[old_index[key]]
+        elif state[name].shape == value.shape:
+            state[name] = value
+    model.load_state_dict(state)
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -193,9 +216,19 @@ def main(
     seed: int = 0,
     progress: bool = True,
     version: str | None = None,
+    finetune_from: str | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report."""
-    # defaults, with --config / flags on top
+    """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report.
+    `finetune_from` (a package or model directory) starts from that package's weights and
+    model config and records it as the parent version."""
+    # defaults, with the parent's model config, then --config / flags on top
+    parent = None
+    if finetune_from is not None:
+        from training.export import load_weights
+
+        parent = load_weights(finetune_from)
+        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in ("n_items", "n_tags")},
+                     **(overrides or {})}
     model_over, train_over = split_overrides(overrides or {})
     train_over.update({"device": device, "seed": seed})
     if epochs is not None:
@@ -203,7 +236,7 @@ def main(
     model_cfg, train_cfg = ModelConfig(**model_over), TrainConfig(**train_over)
 
     # model and loop
-    trained = train(data, model_cfg, train_cfg, progress=progress)
+    trained = train(data, model_cfg, train_cfg, progress=progress, warm_start=parent)
     dev = torch.device(trained.device)
 
     # evaluation (test split in the literature setting, validation when training for serving)
@@ -228,15 +261,10 @@ def main(
     if out is not None:
         from training.export import export_package
 
-        package = export_package(trained, data, calibration, report, out, version=version)
+        package = export_package(trained, data, calibration, report, out, version=version,
+                                 parent_version=parent["version"] if parent else None)
         report["package"] = str(package)
     return report
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column table of the metrics."""
-    return "\n".join(f"  {k:<20} {v:.4f}" if isinstance(v, float) else f"  {k:<20} {v}"
-                     for k, v in metrics.items())
 
 
 def load_overrides(path: str | None) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
-from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from sqlalchemy import create_engine, make_url, text
 
 from shared.clients import open_channel
 from shared.store import EventRecord, EventStore, create_store_engine, upgrade_schema
+from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from tests.bench.common import ServiceProcess, print_table, write_json
 
 BASE_US = 1_700_000_000_000_000

@@ -618,14 +618,9 @@ def test_training_cronjob_fine_tunes_and_publishes(name: str) -> None:
 def test_training_args_parse_with_the_cli(name: str) -> None:
     pytest.importorskip("training.cli", reason="training CLI not importable here")
     _, container = cronjobs_running(rendered(name), "train")[0]
-    try:
-        parsed = parse_cli(argv(container))
-    except AssertionError as exc:
-        # The flag is being added to training/cli.py; delete this branch once it has landed.
-        if "unrecognized arguments: --init-from" in str(exc):
-            pytest.xfail("`shiftrec train --init-from` is not implemented yet")
-        raise
+    parsed = parse_cli(argv(container))
     assert parsed.command == "train"
+    assert parsed.init_from == parsed.out
 
 
 # ----------------------------------------------------------------------- overlays: GPU, dev

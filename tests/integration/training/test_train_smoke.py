@@ -168,3 +168,20 @@ def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
     assert child.config["model"]["dim"] == TINY["dim"]
     np.testing.assert_allclose(child.parity_sample["top10_scores"], parent.parity_sample["top10_scores"],
                                atol=1e-6)
+
+
+def test_cli_init_from_an_empty_model_dir_trains_from_scratch_then_fine_tunes(tiny_dir, tmp_path):
+    """The scheduled job runs `shiftrec train --out D --init-from D`: the first run has nothing
+    to start from and trains from scratch; the next one fine-tunes from what the first published."""
+    from shared.cli import main as cli
+
+    models = tmp_path / "models"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    args = ["train", "--data", f"s3rec:{tiny_dir / 'Tiny'}", "--out", str(models), "--init-from", str(models),
+            "--epochs", "1", "--device", "cpu", "--config", str(config)]
+    assert cli([*args, "--version", "first"]) == 0
+    assert pkg.load_manifest(models / "first").parent_version is None
+    assert cli([*args, "--version", "second"]) == 0
+    assert pkg.load_manifest(models / "second").parent_version == "first"
+    assert pkg.latest_version(models) == "second"

@@ -1,0 +1,1 @@
+"""Offline training of the ShiftRec sequential model: data, model, evaluation, export."""
