@@ -72,10 +72,9 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from shared import model_package as pkg
     from training.evaluation import format_metrics
     from training.train import load_overrides, main
-
-    from shared import model_package as pkg
 
     data = _load(args)
     print(f"data: {len(data.users)} users, {data.n_items} items, {data.n_tags} tags "
