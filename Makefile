@@ -13,11 +13,11 @@ SOAK_MINUTES ?= 10
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	mkdir -p gen/shiftrec/v1 && touch gen/shiftrec/__init__.py gen/shiftrec/v1/__init__.py
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'
 	touch $@
 
 setup: $(STAMP) $(GEN_STAMP)  ## create .venv, install pinned dependencies, generate proto code
