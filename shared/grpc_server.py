@@ -87,15 +87,18 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        wrapped = self.wrap(handler.unary_unary, handler_call_details)
         return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
+            self.wrap(handler.unary_unary, handler_call_details),
+            request_deserializer=self.deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
     def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         raise NotImplementedError
+
+    def deserializer(self, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        """How requests are decoded; unchanged unless an interceptor needs otherwise."""
+        return inner
 
 
 class ObservingInterceptor(UnaryInterceptor):
@@ -178,19 +181,8 @@ class DomainErrorInterceptor(UnaryInterceptor):
     Anything unexpected is logged with its traceback and answered INTERNAL without details.
     """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self.wrap(handler.unary_unary, handler_call_details),
-            request_deserializer=tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    def deserializer(self, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        return tolerant(inner)
 
     def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         method = details.method

@@ -23,6 +23,17 @@ from tests.bench.common import ServiceProcess, print_table, write_json
 BASE_US = 1_700_000_000_000_000
 
 
+def run_threads(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Run fn(0) .. fn(n - 1) in n threads; return the wall seconds until all are done."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def synthetic_events(n: int, tag: str) -> list[EventRecord]:
     """A storefront-like stream: 20k users, 10k items, mixed behaviour types."""
     return [
@@ -64,13 +75,7 @@ def raw_rate(url: str, events: list[EventRecord], batch: int, writers: int) -> f
         for chunk in batches[n::writers]:
             store.insert_events(chunk, received_at_us=BASE_US)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_threads(writer, writers)
     engine.dispose()
     return len(events) / elapsed
 
@@ -110,13 +115,7 @@ def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> 
                 for request in requests[n::clients]:
                     accepted[n] += stub.IngestEvents(request, timeout=60).accepted
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+        elapsed = run_threads(client, clients)
     store = EventStore(create_store_engine(url))
     stored = store.count_events()
     store.engine.dispose()

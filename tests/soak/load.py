@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,17 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.clients import open_aio_channel
 from shiftrec.v1 import common_pb2, inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
-
-
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of a process from /proc/<pid>/status (psutil is not a dependency)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
+from tests.reliability.helpers import rss_kib
 
 
 @dataclass
