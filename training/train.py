@@ -186,26 +186,6 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="train", unit="epoch", disable=not enabled, dynamic_ncols=True)
 
 
-def save_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss and validation NDCG@10 per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [r["valid_NDCG@10"] for r in history], color="tab:red", label="valid NDCG@10")
-    ax2.set_ylabel("valid NDCG@10", color="tab:red")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def main(
     *,
     data: SequenceData,
