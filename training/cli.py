@@ -91,8 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "package" in report:
         print(f"published {report['package']}")
     if args.report_json:
-        with open(args.report_json, "w") as f:
-            json.dump(report, f, indent=1)
+        Path(args.report_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report_json).write_text(json.dumps(report, indent=1))
     return 0
 
 
