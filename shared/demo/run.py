@@ -16,7 +16,7 @@ from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
 from shared.demo.chart import ShopperTimeline, draw
 from shared.processes import run_cli, running_stack
 from shared.protos import timestamp_us
-from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
+from shared.simulator import DAY_US, MINUTE_US, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord
 from shiftrec.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc
 
@@ -131,7 +131,7 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
             for f in featured:
                 say(f"  {f.user_id}")
                 before[f.user_id] = show(stubs, f.user_id, categories)
-            plant(stack.ingestion.target, featured, catalogue)
+            plant(stack.ingestion.target, featured, catalogue, events)
             say(f"\n6. Interests move: {BURST} new events in a category new to each shopper arrive through "
                 "IngestEvents (the control shopper gets none). No retraining.\n")
             say("7. After:")
@@ -184,19 +184,22 @@ def pick_shoppers(events: list[EventRecord], catalogue: list[ItemRecord]) -> lis
     return featured
 
 
-def plant(target: str, featured: list[Featured], catalogue: list[ItemRecord]) -> None:
-    """Send a burst of views of popular items of each featured shopper's new category, now."""
+def plant(target: str, featured: list[Featured], catalogue: list[ItemRecord], events: list[EventRecord]) -> None:
+    """Send, from now, a burst in each featured shopper's new category that looks like the data:
+    its most common behaviour type (reviews, for Amazon) on that category's most popular items."""
     now = time.time_ns() // 1_000 - 5 * MINUTE_US
+    kind = Counter(e.event_type for e in events).most_common(1)[0][0]
+    popularity = Counter(e.item_id for e in events)
     by_category: dict[str, list[str]] = {}
-    for item in catalogue:
+    for item in sorted(catalogue, key=lambda i: -popularity[i.item_id]):
         by_category.setdefault(item.category, []).append(item.item_id)
-    events = []
+    burst = []
     for f in featured:
         if f.new_category is None:
             continue
         f.planted_at_us = now
         items = by_category[f.new_category]
         for k in range(BURST):
-            events.append(EventRecord(f"demo-shift:{f.user_id}:{k}", f.user_id, items[k % len(items)],
-                                      VIEW, now + k * MINUTE_US // 2, "demo-store"))
-    import_records(target, events, progress=False)
+            burst.append(EventRecord(f"demo-shift:{f.user_id}:{k}", f.user_id, items[k % len(items)],
+                                     kind, now + k * MINUTE_US // 2, "demo-store"))
+    import_records(target, burst, progress=False)
