@@ -23,7 +23,3 @@ class Unavailable(ShiftRecError):
 
 class FailedPrecondition(ShiftRecError):
     """The system is not in a state that allows the call (e.g. no model loaded yet)."""
-
-
-class ResourceExhausted(ShiftRecError):
-    """The server is beyond capacity; the client should back off."""

@@ -26,7 +26,6 @@ from shared import metrics
 from shared.errors import (
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     ShiftRecError,
     Unavailable,
 )
@@ -52,7 +51,6 @@ _CODES: dict[type[ShiftRecError], int] = {
     InvalidArgument: code_pb2.INVALID_ARGUMENT,
     Unavailable: code_pb2.UNAVAILABLE,
     FailedPrecondition: code_pb2.FAILED_PRECONDITION,
-    ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
 }
 
 

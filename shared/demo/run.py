@@ -65,7 +65,7 @@ def history(features: features_pb2_grpc.FeatureServiceStub, user: str, limit: in
     return features.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id=user, limit=limit), timeout=5).events
 
 
-def show(stack_channels: tuple, user: str, categories: dict[str, str]) -> float:  # type: ignore[type-arg]
+def show(stack_channels: tuple, user: str, categories: dict[str, str]) -> inference_pb2.GetInterestProfileResponse:  # type: ignore[type-arg]
     features, inference = stack_channels
     events = history(features, user)
     counts = Counter(h.category or "?" for h in events)
@@ -82,7 +82,7 @@ def show(stack_channels: tuple, user: str, categories: dict[str, str]) -> float:
     say(f"    recent     {top(profile.recent)}")
     say(f"    drift      {profile.drift_score:.2f}   model shift {profile.model_shift:.2f}"
         + (f"   rising: {top(profile.rising)}" if profile.rising else ""))
-    return profile.drift_score
+    return profile
 
 
 def timeline(features: features_pb2_grpc.FeatureServiceStub, f: Featured) -> ShopperTimeline:
@@ -130,7 +130,7 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
             before = {}
             for f in featured:
                 say(f"  {f.user_id}")
-                before[f.user_id] = show(stubs, f.user_id, categories)
+                before[f.user_id] = show(stubs, f.user_id, categories).drift_score
             plant(stack.ingestion.target, featured, catalogue, events)
             say(f"\n6. Interests move: {BURST} new events in a category new to each shopper arrive through "
                 "IngestEvents (the control shopper gets none). No retraining.\n")
@@ -139,9 +139,8 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
             rising = {}
             for f in featured:
                 say(f"  {f.user_id}" + (f"  (planted: now into {f.new_category})" if f.new_category else "  (control)"))
-                after[f.user_id] = show(stubs, f.user_id, categories)
-                profile = stubs[1].GetInterestProfile(inference_pb2.GetInterestProfileRequest(
-                    user_id=f.user_id, recent_window=RECENT_WINDOW), timeout=5)
+                profile = show(stubs, f.user_id, categories)
+                after[f.user_id] = profile.drift_score
                 rising[f.user_id] = profile.rising[0].category if profile.rising else ""
             timelines = [timeline(stubs[0], f) for f in featured]
     chart = draw(timelines, RECENT_WINDOW, out / "interest_shift.png")

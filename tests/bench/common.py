@@ -6,10 +6,6 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.processes import ServiceProcess, free_port, wait_serving
-
-__all__ = ["ServiceProcess", "free_port", "machine", "print_table", "wait_serving", "write_json"]
-
 
 def machine() -> dict[str, object]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}

@@ -9,10 +9,12 @@ import pytest
 
 from services.ingestion.importer import import_records
 from shared.clients import open_channel
+from shared.processes import run_cli as shiftrec
+from shared.processes import running_stack
 from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.store import EventRecord
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
-from tests.e2e.services import running_stack, shiftrec, write_config
+from tests.e2e.services import write_config
 
 MODEL = {"dim": 32, "n_layers": 1, "max_len": 20}
 

@@ -17,9 +17,11 @@ import pytest
 from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.datasets import read_s3rec
+from shared.processes import run_cli as shiftrec
+from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import require_datasets
-from tests.e2e.services import running_stack, shiftrec, write_config
+from tests.e2e.services import write_config
 
 N_USERS = 300
 TINY = {"dim": 32, "n_layers": 1, "max_len": 20}

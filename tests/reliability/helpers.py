@@ -24,9 +24,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 
 from shared import model_package as pkg
+from shared.processes import free_port, wait_serving
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2
-from tests.bench.common import free_port, wait_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO_ROOT / "var" / "bench"
