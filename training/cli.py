@@ -23,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fine-tune: start from this package's weights (a model dir uses its LATEST), "
                             "which becomes the new package's parent version; a model dir with nothing "
                             "published yet means training from scratch (the first scheduled run)")
+    train.add_argument("--pretrain", action="store_true",
+                       help="train a source-domain model for cross-domain transfer (item text inputs on); "
+                            "a later `--init-from` this package on another domain carries over the sequence "
+                            "encoder and text projection, not the domain's item ids or tags")
+    train.add_argument("--all-events", action="store_true",
+                       help="with --init-from a same-domain model: fine-tune on every training event, "
+                            "not only those newer than the parent's data")
     train.add_argument("--report-json", metavar="PATH", help="also write the run's report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -84,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"--init-from {init_from}: nothing published there yet; training from scratch", file=sys.stderr)
         init_from = None
     report = main(data=data, out=args.out, overrides=load_overrides(args.config), epochs=args.epochs,
-                  device=args.device, seed=args.seed, version=args.version, finetune_from=init_from)
+                  device=args.device, seed=args.seed, version=args.version, finetune_from=init_from,
+                  pretrain=args.pretrain, new_events_only=False if args.all_events else None)
     print(f"{report['split']} metrics (best epoch {report['best_epoch']} of {report['epochs_run']}, "
           f"{report['train_seconds']:.0f} s, {report['seconds_per_epoch']:.1f} s/epoch):")
     print(format_metrics(report["metrics"]))

@@ -9,7 +9,7 @@ gives identical data. Torch-free: the ONNX evaluation path uses it too.
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ class SequenceData:
     holdout: str = HOLDOUT_TEST
     source: str = ""
     item_categories: list[str] | None = None  # aligned with item_vocab ("" when unknown)
+    train_users: np.ndarray | None = None  # (U,) bool: whose training events feed the loss (None: all)
+    train_since: int | None = None  # unix seconds: only targets at or after it feed the loss
 
     @property
     def n_items(self) -> int:
@@ -46,7 +48,26 @@ class SequenceData:
         return len(self.tag_vocab)
 
     def with_holdout(self, holdout: str) -> "SequenceData":
-        return SequenceData(**{**self.__dict__, "holdout": holdout})
+        return replace(self, holdout=holdout)
+
+    def with_train_since(self, since: int | None) -> "SequenceData":
+        return replace(self, train_since=since)
+
+    def trains_on(self, user: int) -> bool:
+        return self.train_users is None or bool(self.train_users[user])
+
+    def item_known(self) -> np.ndarray:
+        """(N + 1,) bool: items occurring in the training events (row 0 = padding, False)."""
+        known = np.zeros(self.n_items + 1, dtype=bool)
+        for u in range(len(self.users)):
+            if self.trains_on(u):
+                known[self.items[u][: self.train_end(u)]] = True
+        known[0] = False
+        return known
+
+    def last_timestamp(self) -> int:
+        """The newest event time (unix seconds) in any sequence, 0 when there is none."""
+        return max((int(t[-1]) for t in self.times if len(t)), default=0)
 
     def target_index(self, user: int, split: str) -> int:
         """Position of the user's `split` target ("valid" or "test") in its sequence, or -1."""
@@ -84,16 +105,17 @@ def from_records(
 ) -> SequenceData:
     """Index events (any order across users; per user, ties keep their given order).
 
-    The vocabulary is every item that occurs in an event, sorted by id; an item's tags are its
-    catalogue tags plus its category.
+    The vocabulary is every item that occurs in an event or in the catalogue, sorted by id (a
+    catalogue item nobody has touched yet is a cold-start item: the model scores it from its
+    attributes and text); an item's tags are its catalogue tags plus its category.
     """
     per_user: dict[str, list[EventRecord]] = defaultdict(list)
     for event in events:
         per_user[event.user_id].append(event)
-    item_vocab = sorted({e.item_id for evs in per_user.values() for e in evs})
+    records = {item.item_id: item for item in catalogue}
+    item_vocab = sorted({e.item_id for evs in per_user.values() for e in evs} | set(records))
     item_index = {item: i + 1 for i, item in enumerate(item_vocab)}
 
-    records = {item.item_id: item for item in catalogue}
     item_tag_names = []
     for item in item_vocab:
         rec = records.get(item)
@@ -170,12 +192,17 @@ def training_arrays(data: SequenceData, max_len: int) -> tuple[Inputs, np.ndarra
     ins, tys, tms, tgt = [], [], [], []
     for u in range(len(data.users)):
         end = data.train_end(u)
-        if end < 2:
+        if end < 2 or not data.trains_on(u):
             continue
+        target = data.items[u][1:end]
+        if data.train_since is not None:  # older targets are context only
+            target = np.where(data.times[u][1:end] >= data.train_since, target, 0)
+            if not target.any():
+                continue
         ins.append(data.items[u][: end - 1])
         tys.append(data.types[u][: end - 1])
         tms.append(data.times[u][: end - 1])
-        tgt.append(data.items[u][1:end])
+        tgt.append(target)
     inputs = Inputs(pad_left(ins, max_len), pad_left(tys, max_len), pad_left(tms, max_len))
     return inputs, pad_left(tgt, max_len)
 
@@ -203,3 +230,48 @@ def eval_set(data: SequenceData, split: str, max_len: int) -> EvalSet:
         targets.append(data.items[u][t])
     inputs = Inputs(pad_left(hist_i, max_len), pad_left(hist_ty, max_len), pad_left(hist_tm, max_len))
     return EvalSet(np.array(users, dtype=np.int64), inputs, np.array(targets, dtype=np.int64), hist_i)
+
+
+# --- views of a dataset for the transfer experiments (training.transfer) -------------------
+
+
+def sample_train_users(data: SequenceData, fraction: float, seed: int) -> SequenceData:
+    """Train on a random `fraction` of the users; every user is still evaluated."""
+    rng = np.random.default_rng(seed)
+    n = len(data.users)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.permutation(n)[: max(1, round(fraction * n))]] = True
+    return replace(data, train_users=chosen)
+
+
+def hold_out_items(data: SequenceData, fraction: float, seed: int) -> tuple[SequenceData, np.ndarray]:
+    """Remove a random `fraction` of the items from every sequence except as a test target, so
+    they never occur in training or validation (cold-start items). Returns the new data and
+    the (N + 1,) bool mask of held-out items. The vocabulary keeps them (the catalogue knows
+    them), as a storefront knows a product before anyone has bought it."""
+    assert data.holdout == HOLDOUT_TEST
+    rng = np.random.default_rng(seed)
+    held = np.zeros(data.n_items + 1, dtype=bool)
+    held[1 + rng.permutation(data.n_items)[: round(fraction * data.n_items)]] = True
+    items, types, times = [], [], []
+    for seq, ty, tm in zip(data.items, data.types, data.times):
+        keep = ~held[seq]
+        keep[-1] = True  # the test target stays, held out or not
+        items.append(seq[keep])
+        types.append(ty[keep])
+        times.append(tm[keep])
+    return replace(data, items=items, types=types, times=times), held
+
+
+def events_before(data: SequenceData, cut: int) -> SequenceData:
+    """Only the events before unix time `cut` (users left with none are dropped); the split is
+    then applied to what remains, as if the data ended at the cut."""
+    keep_users, items, types, times = [], [], [], []
+    for user, seq, ty, tm in zip(data.users, data.items, data.types, data.times):
+        n = int(np.searchsorted(tm, cut, side="left"))
+        if n:
+            keep_users.append(user)
+            items.append(seq[:n])
+            types.append(ty[:n])
+            times.append(tm[:n])
+    return replace(data, users=keep_users, items=items, types=types, times=times, train_users=None)

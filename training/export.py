@@ -15,6 +15,7 @@ from torch import nn
 from shared import model_package as pkg
 from training.data import SequenceData, eval_set
 from training.model import ShiftRec
+from training.text import ENCODER_NAME
 
 OPSET = 17
 SCORE_TOLERANCE = 1e-4
@@ -168,7 +169,9 @@ def export_package(
             created_at=datetime.now(UTC).isoformat(),
             data_fingerprint=fingerprint,
             item_vocab=list(data.item_vocab),
-            config={"model": asdict(cfg), "train": asdict(trained.train_cfg)},
+            config={"model": asdict(cfg), "train": asdict(trained.train_cfg),
+                    "pretrain": bool(report.get("pretrain")), "train_since": report.get("train_since"),
+                    "text_encoder": ENCODER_NAME if cfg.use_text else None},
             max_len=cfg.max_len,
             dim=cfg.dim,
             calibration={"a": calibration[0], "b": calibration[1]},
@@ -189,7 +192,8 @@ def export_package(
         )
         (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())
         torch.save({"state_dict": model.state_dict(), "model_config": asdict(cfg), "version": version,
-                    "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab)},
+                    "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab),
+                    "pretrain": bool(report.get("pretrain")), "data_until": data.last_timestamp()},
                    staged / WEIGHTS_FILE)
         save_curve(trained.history, staged / pkg.CURVE_FILE)
         return pkg.publish_package(staged, model_dir, version)

@@ -12,7 +12,14 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
 - behaviour type (view, cart, purchase, ...) embedding per event;
 - time: an embedding of the log-bucketed gap since the previous event, and a learned per-head
   attention bias over the log-bucketed time between the query and each key event (a simplified
-  TiSASRec, Li et al., WSDM 2020), so attention can learn how fast interest decays.
+  TiSASRec, Li et al., WSDM 2020), so attention can learn how fast interest decays;
+- item text (optional, `use_text`): a fixed sentence-encoder vector per item (`training.text`)
+  through a learned projection, added like the attributes. It is the part of an item's
+  representation that crosses domains (UniSRec, Hou et al., KDD 2022, in its simplest form).
+
+Items that never occur in the training events keep no id embedding (their row is masked to
+zero), so a cold-start item is scored from its content alone instead of from an untrained row
+that the softmax has pushed down.
 
 Inputs are left-padded (B, L) int64 tensors: item indices (0 = padding), event types
 (0 = padding) and unix-second timestamps. `loss()` is the training objective; `score()` is the
@@ -45,6 +52,8 @@ class ModelConfig:
     use_tags: bool = True  # ablation switches: item attributes, behaviour type, time
     use_types: bool = True
     use_time: bool = True
+    use_text: bool = False  # item text vectors (cross-domain transfer, cold-start items)
+    text_dim: int = 384  # width of those vectors
     loss: str = "ce"  # "ce": full softmax over the catalogue; "sampled": sampled softmax
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
 
@@ -105,17 +114,32 @@ class Block(nn.Module):
 
 
 class ShiftRec(nn.Module):
-    def __init__(self, cfg: ModelConfig, item_tags: torch.Tensor) -> None:
-        """`item_tags`: (n_items + 1, T) int64 tag indices per item, 0-padded (a constant)."""
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        item_tags: torch.Tensor,
+        item_text: torch.Tensor | None = None,
+        item_known: torch.Tensor | None = None,
+    ) -> None:
+        """Constants per item: `item_tags` (N+1, T) int64 tag indices, 0-padded; `item_text`
+        (N+1, text_dim) float text vectors (when cfg.use_text); `item_known` (N+1,) bool, False
+        for items absent from the training events (default: every item known)."""
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
         self.item_emb = nn.Embedding(cfg.n_items + 1, D, padding_idx=0)
+        known = torch.ones(cfg.n_items + 1, dtype=torch.bool) if item_known is None else item_known
+        self.register_buffer("id_mask", known.to(torch.float32)[:, None].clone(), persistent=True)  # (N+1, 1)
         self.pos_emb = nn.Embedding(cfg.max_len, D)
         if cfg.use_tags:
             # mean of the item's tag embeddings; padding tags are left out of the mean
             self.tag_emb = nn.EmbeddingBag(cfg.n_tags + 1, D, mode="mean", padding_idx=0)
             self.register_buffer("item_tags", item_tags.clone(), persistent=True)  # (N+1, T)
+        if cfg.use_text:
+            if item_text is None or tuple(item_text.shape) != (cfg.n_items + 1, cfg.text_dim):
+                raise ValueError(f"use_text needs item_text of shape ({cfg.n_items + 1}, {cfg.text_dim})")
+            self.text_proj = nn.Linear(cfg.text_dim, D, bias=False)
+            self.register_buffer("item_text", item_text.to(torch.float32).clone(), persistent=True)
         if cfg.use_types:
             self.type_emb = nn.Embedding(cfg.n_event_types, D, padding_idx=0)
         if cfg.use_time:
@@ -138,10 +162,13 @@ class ShiftRec(nn.Module):
                 module.weight[module.padding_idx].zero_()
 
     def item_table(self) -> torch.Tensor:
-        """Every item's representation (N+1, D): id embedding + mean tag embedding. Row 0 = 0."""
-        table = self.item_emb.weight  # (N+1, D)
+        """Every item's representation (N+1, D): id embedding (zero for items unseen in training)
+        + mean tag embedding + projected text vector. Row 0 = 0."""
+        table = self.item_emb.weight * self.id_mask  # (N+1, D)
         if self.cfg.use_tags:
             table = table + self.tag_emb(self.item_tags)  # (N+1, D)
+        if self.cfg.use_text:
+            table = table + self.text_proj(self.item_text)  # (N+1, D); row 0 stays 0 (no bias)
         return table
 
     def encode(

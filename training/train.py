@@ -4,6 +4,7 @@ stopping on validation NDCG@10, evaluation, calibration, export."""
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -98,7 +99,12 @@ def train(
     valid_set = eval_set(data, "valid", model_cfg.max_len)
 
     # model
-    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags))
+    item_text = None
+    if model_cfg.use_text:
+        from training.text import item_text_table
+
+        item_text = torch.from_numpy(item_text_table(data.item_titles, threads=train_cfg.threads))
+    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()))
     if warm_start is not None:
         load_warm_start(model, warm_start, data)
     model = model.to(device)
@@ -150,16 +156,23 @@ def train(
 
 
 def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:
-    """Start from a parent package's weights (fine-tuning). Item and tag embedding rows are
-    matched by id, so items new since the parent keep their fresh initialisation."""
+    """Start from a parent package's weights. Item embedding rows are matched by item id; items
+    the parent did not have start from zero, i.e. from their content (attributes, text) alone.
+    Tag rows are matched by tag name only when the parent is the same domain's model (temporal
+    fine-tuning): a `--pretrain` parent comes from another domain, whose tag names mean other
+    things, so from it only the domain-free weights carry over (the sequence encoder, the
+    type/time inputs and the text projection)."""
     state = model.state_dict()
-    rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab),
-            "tag_emb.weight": (parent["tag_vocab"], data.tag_vocab)}
+    rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab)}
+    if not parent.get("pretrain"):
+        rows["tag_emb.weight"] = (parent["tag_vocab"], data.tag_vocab)
+    skip = {"item_tags", "item_text", "id_mask"} | ({"tag_emb.weight"} - set(rows))
     for name, value in parent["state_dict"].items():
-        if name not in state or name == "item_tags":
+        if name not in state or name in skip:
             continue
         if name in rows:
             old_index = {key: i + 1 for i, key in enumerate(rows[name][0])}
+            state[name].zero_()
             for new_row, key in enumerate(rows[name][1], start=1):
                 if key in old_index:
                     state[name][new_row] = value[old_index[key]]
@@ -197,10 +210,17 @@ def main(
     progress: bool = True,
     version: str | None = None,
     finetune_from: str | None = None,
+    pretrain: bool = False,
+    new_events_only: bool | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report.
+
     `finetune_from` (a package or model directory) starts from that package's weights and
-    model config and records it as the parent version."""
+    model config and records it as the parent version. From a same-domain parent (temporal
+    fine-tuning) only targets newer than the parent's data feed the loss (`new_events_only`,
+    default on; older events stay as context); from a `pretrain` parent (another domain) all of
+    the target domain's training events do. `pretrain` marks this run's package as a source
+    for cross-domain transfer and turns on the item text inputs that make that possible."""
     # defaults, with the parent's model config, then --config / flags on top
     parent = None
     if finetune_from is not None:
@@ -209,6 +229,17 @@ def main(
         parent = load_weights(finetune_from)
         overrides = {**{k: v for k, v in parent["model_config"].items() if k not in ("n_items", "n_tags")},
                      **(overrides or {})}
+        if new_events_only is None:
+            new_events_only = not parent.get("pretrain")
+        if new_events_only and parent.get("data_until"):
+            newer = data.with_train_since(int(parent["data_until"]) + 1)
+            if training_arrays(newer, 1)[1].any():
+                data = newer
+            else:
+                print(f"no training events after the parent's data ({parent['data_until']}); "
+                      "fine-tuning on all of them", file=sys.stderr)
+    if pretrain:
+        overrides = {"use_text": True, **(overrides or {})}
     model_over, train_over = split_overrides(overrides or {})
     train_over.update({"device": device, "seed": seed})
     if epochs is not None:
@@ -235,6 +266,9 @@ def main(
         "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in trained.history])),
         "config": {"model": asdict(trained.model_cfg), "train": asdict(trained.train_cfg)},
         "history": trained.history,
+        "pretrain": pretrain,
+        "train_since": data.train_since,
+        "data_until": data.last_timestamp(),
     }
 
     # export

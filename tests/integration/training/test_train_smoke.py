@@ -11,50 +11,11 @@ torch = pytest.importorskip("torch")
 
 from shared import model_package as pkg
 from training import evaluation
-from training.data import HOLDOUT_TEST, load_files, load_store
+from training.data import HOLDOUT_TEST, load_store
 from training.model import ModelConfig
 from training.train import TrainConfig, main, train
 
-TINY = {"dim": 16, "n_layers": 1, "max_len": 12}
-DAY = 86_400
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """S3-Rec format files: 80 users drifting between two item groups with their attributes."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(7)
-    n_items = 60
-    seqs, stamps = [], []
-    for user in range(1, 81):
-        length = int(rng.integers(4, 16))
-        group = int(rng.integers(0, 2))
-        items, t = [], 1_400_000_000 + int(rng.integers(0, 100)) * DAY
-        times = []
-        for _ in range(length):
-            if rng.random() < 0.2:
-                group = 1 - group  # an interest shift
-            items.append(int(rng.integers(1, 31)) + 30 * group)
-            t += int(rng.integers(0, 20)) * DAY
-            times.append(t)
-        seqs.append(f"{user} " + " ".join(map(str, items)))
-        stamps.append(f"{user} " + " ".join(map(str, times)))
-    (root / "Tiny.txt").write_text("\n".join(seqs) + "\n")
-    (root / "Tiny_timestamps.txt").write_text("\n".join(stamps) + "\n")
-    attrs = {str(i): [1 + (i - 1) // 30, 3 + i % 5] for i in range(1, n_items + 1)}
-    (root / "Tiny_item2attributes.json").write_text(json.dumps(attrs))
-    rows = ["s3rec_item_id\tasin\ttitle\tp5_textual_id\ts3rec_attribute_ids"]
-    rows += [f"{i}\tB{i:08d}\titem {i}\titem {i}\t{' '.join(map(str, attrs[str(i)]))}"
-             for i in range(1, n_items + 1)]
-    (root / "Tiny_items.tsv").write_text("\n".join(rows) + "\n")
-    users = ["s3rec_user_id\treviewer_id"] + [f"{u}\tR{u:05d}" for u in range(1, 81)]
-    (root / "Tiny_users.tsv").write_text("\n".join(users) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return load_files(f"s3rec:{tiny_dir / 'Tiny'}", holdout=HOLDOUT_TEST)
+from .conftest import TINY
 
 
 def one_epoch(data, seed=0):

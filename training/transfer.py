@@ -1,0 +1,395 @@
+"""`make bench-transfer`: what pretraining on one domain and fine-tuning buys, measured on the
+literature's protocol (leave-one-out, full ranking, history masked).
+
+Four measurements, each a set of independent training runs spread over worker processes:
+
+1. cross-domain: pretrain on the source domain (`--pretrain`: item text inputs on), then on
+   the target domain train from scratch vs fine-tune from the pretrained package, using 5 %,
+   20 % and 100 % of the target's users for training; NDCG@10 on the same test users (all of
+   the target's users: the model is inductive, a user needs no embedding of its own);
+2. cold-start items: 10 % of the target's items removed from every sequence except as a test
+   target; HR@10 / NDCG@10 on the test targets that are those items, for the text model and
+   for the default (attributes only) model;
+3. temporal: a model trained on the events before a time cut, fine-tuned on the targets after
+   it (older events as context), vs the scratch run on all events: time to reach the scratch
+   model's best validation NDCG@10;
+4. shoppers in both domains: the fine-tuned target model reading each such shopper's source
+   history (earlier than the target event) merged with their target-domain history vs the
+   target history alone, scored over the target's items.
+
+Each run's result is kept as JSON under `--work`, so an interrupted benchmark resumes where it
+stopped (`--fresh` starts over). Prints one table, writes everything to `--out`.
+"""
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCRATCH, FINETUNE = "scratch", "finetune"
+
+
+# --- one run per task (executed in a worker process) ---------------------------------------
+
+
+def _load(spec: str):  # type: ignore[no-untyped-def]
+    from training.data import load_files
+
+    return load_files(spec)
+
+
+def _train(data, overrides: dict[str, Any], seed: int, threads: int, warm_start=None):  # type: ignore[no-untyped-def]
+    from training.model import ModelConfig
+    from training.train import TrainConfig, split_overrides, train
+
+    model_over, train_over = split_overrides(overrides)
+    cfg = TrainConfig(**{**train_over, "seed": seed, "threads": threads, "device": "cpu"})
+    return train(data, ModelConfig(**model_over), cfg, progress=False, warm_start=warm_start)
+
+
+def _save_state(trained, data, path: Path, pretrain: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """The same dict as a package's weights file, so `load_warm_start` takes it."""
+    from dataclasses import asdict
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": trained.model.state_dict(), "model_config": asdict(trained.model_cfg),
+                "version": path.stem, "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab),
+                "pretrain": pretrain, "data_until": data.last_timestamp()}, path)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _test_raw(trained, data):  # type: ignore[no-untyped-def]
+    import torch
+
+    from training import evaluation
+    from training.train import torch_scorer
+
+    return evaluation.collect(data, torch_scorer(trained.model, torch.device("cpu")), "test",
+                              trained.model_cfg.max_len)
+
+
+def _summary(trained, raw) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from training import evaluation
+
+    history = trained.history
+    return {"metrics": evaluation.summarize(raw), "best_epoch": trained.best_epoch, "epochs_run": len(history),
+            "train_seconds": trained.seconds, "best_valid_NDCG@10": trained.best_valid_ndcg10,
+            "history": history}
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    kind, work, threads = task["kind"], Path(task["work"]), task["threads"]
+    text = {**task["overrides"], "use_text": True}
+    started = time.perf_counter()
+    if kind == "pretrain":
+        data = _load(task["source"])
+        trained = _train(data, {**text, "max_minutes": task["pretrain_minutes"]}, task["seed"], threads)
+        _save_state(trained, data, work / "states" / "pretrain.pt", pretrain=True)
+        out = _summary(trained, _test_raw(trained, data))
+    elif kind == "fraction":
+        from training.data import sample_train_users
+
+        data = sample_train_users(_load(task["target"]), task["fraction"], task["seed"])
+        warm = _load_state(work / "states" / "pretrain.pt") if task["arm"] == FINETUNE else None
+        trained = _train(data, text, task["seed"], threads, warm)
+        if task.get("save_as"):
+            _save_state(trained, data, work / "states" / task["save_as"])
+        out = _summary(trained, _test_raw(trained, data))
+        out["train_users"] = int(data.train_users.sum())
+    elif kind == "cold":
+        from training.data import hold_out_items
+        from training.metrics import ranking_metrics
+
+        data, held = hold_out_items(_load(task["target"]), task["item_fraction"], task["seed"])
+        over = text if task["arm"] == "text" else dict(task["overrides"])
+        trained = _train(data, over, task["seed"], threads)
+        raw = _test_raw(trained, data)
+        from training.data import eval_set
+
+        cold = held[eval_set(data, "test", trained.model_cfg.max_len).targets]
+        out = _summary(trained, raw)
+        out["cold"] = {**ranking_metrics(raw.greater[cold], raw.ties[cold], (10, 20)), "users": int(cold.sum())}
+        out["held_items"] = int(held.sum())
+        out["random_HR@10"] = 10 / data.n_items
+    elif kind == "temporal_base":
+        from training.data import events_before
+
+        data = events_before(_load(task["target"]), task["cut"])
+        trained = _train(data, text, task["seed"], threads)
+        _save_state(trained, data, work / "states" / "temporal_base.pt")
+        out = {"best_valid_NDCG@10": trained.best_valid_ndcg10, "train_seconds": trained.seconds,
+               "users": len(data.users), "events": int(sum(len(s) for s in data.items))}
+    elif kind == "temporal_finetune":
+        from training.data import training_arrays
+
+        data = _load(task["target"]).with_train_since(task["cut"])
+        targets = training_arrays(data, 1)[1]
+        trained = _train(data, text, task["seed"], threads, _load_state(work / "states" / "temporal_base.pt"))
+        out = _summary(trained, _test_raw(trained, data))
+        out["train_users"] = len(targets)
+    elif kind == "shared":
+        out = shared_shoppers(task)
+    else:
+        raise ValueError(kind)
+    out["task"] = {k: v for k, v in task.items() if k not in ("work",)}
+    out["wall_seconds"] = time.perf_counter() - started
+    return out
+
+
+def shared_shoppers(task: dict[str, Any]) -> dict[str, Any]:
+    """Score the target items for shoppers present in both domains, from their target history
+    alone and from it merged (by time) with their earlier source-domain events. Source items
+    enter the target model through their content (text projection) only."""
+    import torch
+
+    from training.data import Inputs, eval_set, pad_left
+    from training.metrics import ranking_metrics, target_ranks
+    from training.model import ModelConfig, ShiftRec
+    from training.text import item_text_table
+
+    target, source = _load(task["target"]), _load(task["source"])
+    state = _load_state(Path(task["work"]) / "states" / task["model"])
+    cfg = ModelConfig(**state["model_config"])
+    model = ShiftRec(cfg, torch.from_numpy(target.item_tags), torch.from_numpy(item_text_table(target.item_titles)))
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    torch.set_num_threads(task["threads"])
+    source_text = torch.from_numpy(item_text_table(source.item_titles)[1:])
+    with torch.no_grad():
+        table = model.item_table()  # (Nt+1, D)
+        union = torch.cat([table, model.text_proj(source_text)])  # source item j -> row Nt + j
+
+    es = eval_set(target, "test", cfg.max_len)
+    source_user = {u: i for i, u in enumerate(source.users)}
+    rows = [r for r, u in enumerate(es.users) if target.users[u] in source_user]
+    merged_items, merged_types, merged_times, with_source = [], [], [], 0
+    for r in rows:
+        u = es.users[r]
+        t_end = len(es.histories[r])
+        s = source_user[target.users[u]]
+        cut = int(np.searchsorted(source.times[s], target.times[u][t_end], side="left"))  # strictly earlier
+        with_source += cut > 0
+        items = np.r_[source.items[s][:cut] + target.n_items, target.items[u][:t_end]]
+        types = np.r_[source.types[s][:cut], target.types[u][:t_end]]
+        times = np.r_[source.times[s][:cut], target.times[u][:t_end]]
+        order = np.argsort(times, kind="stable")
+        merged_items.append(items[order])
+        merged_types.append(types[order])
+        merged_times.append(times[order])
+    alone = es.inputs.rows(np.array(rows, dtype=np.int64))
+    merged = Inputs(*(pad_left(x, cfg.max_len) for x in (merged_items, merged_types, merged_times)))
+
+    def ranks(inputs: Inputs) -> dict[str, float]:
+        with torch.no_grad():
+            h = model.encode(*(torch.from_numpy(a) for a in (inputs.items, inputs.types, inputs.times)), union)[:, -1]
+            scores = (h @ table[1:].T).numpy()  # (U, Nt): target items only
+        targets = es.targets[rows] - 1
+        keep = scores[np.arange(len(rows)), targets].copy()
+        for i, r in enumerate(rows):
+            scores[i, es.histories[r] - 1] = -np.inf
+        scores[np.arange(len(rows)), targets] = keep
+        return ranking_metrics(*target_ranks(scores, targets), (10, 20))
+
+    return {"shoppers": len(rows), "with_earlier_source_events": int(with_source),
+            "target_history_only": ranks(alone), "with_source_history": ranks(merged)}
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pretrain task, tasks that need nothing, tasks that need the pretrain or another run)."""
+    base = {"work": str(args.work), "threads": args.threads, "overrides": {"max_minutes": args.max_minutes},
+            "source": f"s3rec:{args.datasets}/amazon/{args.source}",
+            "target": f"s3rec:{args.datasets}/amazon/{args.target}"}
+    pretrain = {**base, "name": "pretrain", "kind": "pretrain", "seed": 0, "pretrain_minutes": args.pretrain_minutes}
+    free, after = [], []
+    for fraction in args.fractions:
+        seeds = range(args.seeds if fraction < 1 else args.full_seeds)
+        for seed in seeds:
+            for arm in (SCRATCH, FINETUNE):
+                task = {**base, "name": f"fraction-{fraction:g}-{arm}-{seed}", "kind": "fraction",
+                        "fraction": fraction, "arm": arm, "seed": seed}
+                if fraction == 1 and seed == 0 and arm == FINETUNE:
+                    task["save_as"] = "target-finetuned.pt"
+                (after if arm == FINETUNE else free).append(task)
+    for arm in ("text", "default"):
+        free.append({**base, "name": f"cold-{arm}", "kind": "cold", "arm": arm, "seed": 0, "item_fraction": 0.1})
+    free.append({**base, "name": "temporal-base", "kind": "temporal_base", "seed": 0, "cut": args.cut})
+    after.append({**base, "name": "temporal-finetune", "kind": "temporal_finetune", "seed": 0, "cut": args.cut,
+                  "needs": "temporal-base"})
+    if 1.0 in args.fractions and args.full_seeds > 0:
+        after.append({**base, "name": "shared-shoppers", "kind": "shared", "model": "target-finetuned.pt",
+                      "needs": "fraction-1-finetune-0"})
+    return pretrain, free, after
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    pretrain, free, after = plan(args)
+    results_dir = args.work / "runs"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for task in [pretrain, *free, *after]:
+        path = results_dir / f"{task['name']}.json"
+        if path.exists() and not args.fresh:
+            results[task["name"]] = json.loads(path.read_text())
+    pending_free = [t for t in [pretrain, *free] if t["name"] not in results]
+    pending_after = [t for t in after if t["name"] not in results]
+    running: dict[Future, dict[str, Any]] = {}
+
+    def ready(task: dict[str, Any]) -> bool:
+        return "pretrain" in results if task.get("needs") is None else task["needs"] in results
+
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        while pending_free or pending_after or running:
+            startable = pending_free + [t for t in pending_after if ready(t)]
+            while startable and len(running) < args.jobs:
+                task = startable.pop(0)
+                (pending_free if task in pending_free else pending_after).remove(task)
+                print(f"[transfer] start {task['name']}", file=sys.stderr, flush=True)
+                running[pool.submit(run_task, task)] = task
+            if not running:
+                raise RuntimeError(f"tasks wait on runs that cannot finish: {[t['name'] for t in pending_after]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = running.pop(future)
+                result = future.result()
+                results[task["name"]] = result
+                (results_dir / f"{task['name']}.json").write_text(json.dumps(result, indent=1))
+                print(f"[transfer] done {task['name']} in {result['wall_seconds']:.0f} s", file=sys.stderr, flush=True)
+    return results
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def time_to_reach(history: list[dict[str, float]], level: float) -> float | None:
+    """Elapsed seconds at the end of the first epoch whose validation NDCG@10 reaches `level`."""
+    for row in history:
+        if row["valid_NDCG@10"] >= level:
+            return row["elapsed_seconds"]
+    return None
+
+
+def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"cross_domain": [], "config": {k: str(v) for k, v in vars(args).items()}}
+    for fraction in args.fractions:
+        row: dict[str, Any] = {"fraction": fraction}
+        for arm in (SCRATCH, FINETUNE):
+            runs = [r for name, r in results.items() if name.startswith(f"fraction-{fraction:g}-{arm}-")]
+            ndcg = [r["metrics"]["NDCG@10"] for r in runs]
+            row[arm] = {"NDCG@10_mean": float(np.mean(ndcg)) if ndcg else None,
+                        "NDCG@10_std": float(np.std(ndcg)) if ndcg else None, "seeds": len(ndcg),
+                        "HR@10_mean": float(np.mean([r["metrics"]["HR@10"] for r in runs])) if runs else None,
+                        "NDCG@10_shifted_mean": float(np.mean([r["metrics"]["NDCG@10_shifted"] for r in runs]))
+                        if runs else None,
+                        "train_users": runs[0]["train_users"] if runs else None,
+                        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])) if runs else None}
+        if row[SCRATCH]["NDCG@10_mean"] and row[FINETUNE]["NDCG@10_mean"]:
+            row["gain"] = row[FINETUNE]["NDCG@10_mean"] / row[SCRATCH]["NDCG@10_mean"] - 1
+        out["cross_domain"].append(row)
+    if "pretrain" in results:
+        p = results["pretrain"]
+        out["pretrain"] = {"NDCG@10": p["metrics"]["NDCG@10"], "train_seconds": p["train_seconds"],
+                           "best_epoch": p["best_epoch"], "epochs_run": p["epochs_run"]}
+    cold = {arm: results.get(f"cold-{arm}") for arm in ("text", "default")}
+    out["cold_start"] = {arm: None if r is None else {**r["cold"], "NDCG@10_all": r["metrics"]["NDCG@10"],
+                                                         "held_items": r["held_items"],
+                                                         "random_HR@10": r["random_HR@10"]}
+                         for arm, r in cold.items()}
+    scratch, ft = results.get("fraction-1-scratch-0"), results.get("temporal-finetune")
+    if scratch and ft:
+        level = scratch["best_valid_NDCG@10"]
+        t_scratch = time_to_reach(scratch["history"], level)
+        temporal: dict[str, Any] = {"scratch_best_valid_NDCG@10": level, "scratch_seconds_to_best": t_scratch,
+                                    "finetune_best_valid_NDCG@10": ft["best_valid_NDCG@10"],
+                                    "finetune_test_NDCG@10": ft["metrics"]["NDCG@10"],
+                                    "scratch_test_NDCG@10": scratch["metrics"]["NDCG@10"],
+                                    "finetune_train_users": ft["train_users"], "cut": args.cut}
+        for share in (1.0, 0.95):
+            t_ft = time_to_reach(ft["history"], share * level)
+            t_sc = time_to_reach(scratch["history"], share * level)
+            temporal[f"to_{share:g}"] = {"finetune_seconds": t_ft, "scratch_seconds": t_sc,
+                                         "ratio": t_ft / t_sc if t_ft is not None and t_sc else None}
+        out["temporal"] = temporal
+    if "shared-shoppers" in results:
+        out["shared_shoppers"] = {k: v for k, v in results["shared-shoppers"].items() if k != "task"}
+    return out
+
+
+def _f(x: Any, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print("\ncross-domain (source -> target), NDCG@10 on all target test users")
+    print(f"  {'train users':>12} {'seeds':>5} {'scratch':>16} {'pretrained+ft':>16} {'gain':>8}")
+    for row in summary["cross_domain"]:
+        s, f = row[SCRATCH], row[FINETUNE]
+        print(f"  {row['fraction']:>11.0%} {s['seeds']:>5} {_f(s['NDCG@10_mean'])} ± {_f(s['NDCG@10_std'])}"
+              f" {_f(f['NDCG@10_mean'])} ± {_f(f['NDCG@10_std'])} {_f(row.get('gain'), '+.1%'):>8}")
+    print("\ncold-start items (10 % of the target's items never in training)")
+    for arm, r in summary["cold_start"].items():
+        if r:
+            print(f"  {arm:<8} HR@10 {_f(r['HR@10'])}  NDCG@10 {_f(r['NDCG@10'])}  on {r['users']} test users "
+                  f"(random HR@10 {_f(r['random_HR@10'], '.5f')}; all users NDCG@10 {_f(r['NDCG@10_all'])})")
+    if "temporal" in summary:
+        t = summary["temporal"]
+        print(f"\ntemporal: scratch best valid NDCG@10 {_f(t['scratch_best_valid_NDCG@10'])}")
+        for share in ("1", "0.95"):
+            r = t[f"to_{share}"]
+            print(f"  to {share} x that: fine-tune {_f(r['finetune_seconds'], '.0f')} s vs scratch "
+                  f"{_f(r['scratch_seconds'], '.0f')} s (ratio {_f(r['ratio'], '.2f')})")
+    if "shared_shoppers" in summary:
+        s = summary["shared_shoppers"]
+        a, b = s["target_history_only"], s["with_source_history"]
+        print(f"\nshoppers in both domains: {s['shoppers']} ({s['with_earlier_source_events']} with earlier "
+              f"source events)\n  target history only   NDCG@10 {_f(a['NDCG@10'])} HR@10 {_f(a['HR@10'])}"
+              f"\n  + source history      NDCG@10 {_f(b['NDCG@10'])} HR@10 {_f(b['HR@10'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.transfer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="../shared/datasets")
+    parser.add_argument("--source", default="Sports_and_Outdoors")
+    parser.add_argument("--target", default="Beauty")
+    parser.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.05, 0.2, 1.0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per fraction below 100 %%")
+    parser.add_argument("--full-seeds", type=int, default=3, help="seeds at 100 %% of the users")
+    parser.add_argument("--cut", type=int, default=1_394_150_400,
+                        help="temporal cut, unix seconds (default 2014-03-07: 80 %% of Beauty's events before)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--max-minutes", type=float, default=18.0, help="wall-clock cap per target-domain run")
+    parser.add_argument("--pretrain-minutes", type=float, default=18.0)
+    parser.add_argument("--work", type=Path, default=Path("var/bench/transfer"))
+    parser.add_argument("--out", type=Path, default=Path("var/bench/transfer.json"))
+    parser.add_argument("--fresh", action="store_true", help="ignore the runs kept in --work")
+    args = parser.parse_args(argv)
+    if args.fresh and args.work.exists():
+        import shutil
+
+        shutil.rmtree(args.work)
+    summary = summarize(run_all(args), args)
+    print_table(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
