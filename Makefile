@@ -8,7 +8,7 @@ GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-train report-train bench-drift soak clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-train report-train bench-transfer bench-drift soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU
 
 report-train: setup  ## the quality table: 3 seeds x (model, ablation) + baselines on Beauty and Sports
 	$(BIN)/python -m training.report --datasets $(DATASETS) --seeds 3 --out var/reports/training
+
+bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start items, temporal fine-tune, shared shoppers
+	$(BIN)/python -m training.transfer --datasets $(DATASETS) --out var/bench/transfer.json
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(
         2.0, gt=0, description="How often inference looks for a newly published model."
     )
+    text_cache_dir: str = Field(
+        "var/cache/text", description="Training: where item text vectors are cached per catalogue."
+    )
     inference_device: str = Field(
         "auto", pattern="^(auto|cpu|cuda)$", description="ONNX Runtime device: auto, cpu or cuda."
     )

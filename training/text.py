@@ -21,7 +21,9 @@ TEXT_DIM = 384
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("SHIFTREC_TEXT_CACHE", "var/cache/text"))
+    from shared.settings import Settings
+
+    return Path(Settings().text_cache_dir)
 
 
 def cache_key(texts: list[str]) -> str:
@@ -33,7 +35,7 @@ def cache_key(texts: list[str]) -> str:
 
 def encode_texts(texts: list[str], *, cache_dir: Path | None = None, threads: int = 2) -> np.ndarray:
     """(len(texts), 384) float32 unit vectors; an empty text gets the zero vector. Cached under
-    `cache_dir` (default: $SHIFTREC_TEXT_CACHE, else var/cache/text)."""
+    `cache_dir` (default: the `text_cache_dir` setting)."""
     path = (cache_dir or default_cache()) / f"{cache_key(texts)}.npy"
     if path.exists():
         return np.load(path)

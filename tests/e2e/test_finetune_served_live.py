@@ -32,7 +32,7 @@ def test_a_fine_tuned_package_is_served_live(tmp_path) -> None:  # type: ignore[
     config = str(write_config(tmp_path / "model.json", MODEL))
     train = ("train", "--database-url", url, "--out", str(models), "--init-from", str(models),
              "--device", "cpu", "--config", config)
-    env = {"SHIFTREC_TEXT_CACHE": str(tmp_path / "text-cache")}
+    env = {"SHIFTREC_TEXT_CACHE_DIR": str(tmp_path / "text-cache")}
     with running_stack(url, models) as stack:
         assert import_records(stack.ingestion.target, [e for s in shoppers for e in s.events],
                               simulator.catalogue(), progress=False).rejected == 0

@@ -41,7 +41,7 @@ def two_domains(tmp_path_factory):
 def text_cache(tmp_path_factory):
     """Text vectors cached in a scratch folder (the benchmark's worker processes inherit it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHIFTREC_TEXT_CACHE", str(tmp_path_factory.mktemp("text-cache")))
+        mp.setenv("SHIFTREC_TEXT_CACHE_DIR", str(tmp_path_factory.mktemp("text-cache")))
         yield
 
 
