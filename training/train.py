@@ -116,7 +116,9 @@ def train(
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, started = 0, time.perf_counter()
     n_batches = math.ceil(len(lengths) / train_cfg.batch_size)
-    bar = _progress(train_cfg.epochs, progress)
+    # the bar's total is the epoch at which early stopping ends the run unless validation improves
+    # again, so its ETA is a real "done by" estimate, not one against the epoch cap
+    bar = _progress(min(train_cfg.epochs, train_cfg.patience), progress)
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
         t0, total = time.perf_counter(), 0.0
@@ -145,6 +147,7 @@ def train(
             bad_epochs += 1
         bar.set_postfix(loss=f"{row['loss']:.4f}", val_ndcg10=f"{valid['NDCG@10']:.4f}",
                         best=f"{result.best_valid_ndcg10:.4f}@{result.best_epoch}")
+        bar.total = min(train_cfg.epochs, result.best_epoch + train_cfg.patience)
         bar.update(1)
         if bad_epochs >= train_cfg.patience or row["elapsed_seconds"] > 60 * train_cfg.max_minutes:
             break
