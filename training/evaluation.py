@@ -68,21 +68,31 @@ def shifted_users(data: SequenceData, es: EvalSet, window: int = 5) -> np.ndarra
 
 def ranks(es: EvalSet, scorer: Scorer, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Only the target ranks (history masked): the cheap path for per-epoch validation."""
-    greater, ties = [], []
-    for start in range(0, len(es.users), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(es.users)))
+    greater = np.zeros(len(es.users), dtype=np.int64)
+    ties = np.zeros(len(es.users), dtype=np.int64)
+    for rows in length_batches(es, batch_size):
         scores = np.array(scorer(es.inputs.rows(rows)), dtype=np.float32)  # (b, N)
         target_col = es.targets[rows] - 1
-        target_score = scores[np.arange(len(rows)), target_col]
-        for r, row in enumerate(rows):
-            scores[r, es.histories[row] - 1] = -np.inf
-        scores[np.arange(len(rows)), target_col] = target_score
-        g, t = metrics.target_ranks(scores, target_col)
-        greater.append(g)
-        ties.append(t)
-    if not greater:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(greater), np.concatenate(ties)
+        mask_history(scores, es, rows)
+        greater[rows], ties[rows] = metrics.target_ranks(scores, target_col)
+    return greater, ties
+
+
+def length_batches(es: EvalSet, batch_size: int) -> list[np.ndarray]:
+    """Row batches of users with similar history lengths (shortest first), so that a scorer
+    can drop the columns that are padding in the whole batch."""
+    order = np.argsort((es.inputs.items > 0).sum(axis=1), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def mask_history(scores: np.ndarray, es: EvalSet, rows: np.ndarray) -> None:
+    """Set each row's history items to -inf, except its target (a repeated target stays rankable)."""
+    target_col = es.targets[rows] - 1
+    target_score = scores[np.arange(len(rows)), target_col]
+    lengths = [len(es.histories[r]) for r in rows]
+    if sum(lengths):
+        scores[np.repeat(np.arange(len(rows)), lengths), np.concatenate([es.histories[r] for r in rows]) - 1] = -np.inf
+    scores[np.arange(len(rows)), target_col] = target_score
 
 
 def collect(
@@ -98,25 +108,19 @@ def collect(
     """Ranks, log-softmax scores of target and negatives, and the shift flag of each user."""
     es = eval_set(data, split, max_len)
     negatives = sample_negatives(data, es.users, n_negatives, seed)
-    greater, ties, pos_logp, neg_logp = [], [], [], []
-    for start in range(0, len(es.users), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(es.users)))
+    n = len(es.users)
+    greater, ties = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    pos_logp, neg_logp = np.zeros(n), np.zeros((n, n_negatives))
+    for rows in length_batches(es, batch_size):
         scores = np.asarray(scorer(es.inputs.rows(rows)), dtype=np.float64)  # (b, N)
         target_col = es.targets[rows] - 1
         top = scores.max(axis=1, keepdims=True)
         logp = scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))  # (b, N)
-        pos_logp.append(logp[np.arange(len(rows)), target_col])
-        neg_logp.append(np.take_along_axis(logp, negatives[rows] - 1, axis=1))
-        target_score = scores[np.arange(len(rows)), target_col]
-        for r, row in enumerate(rows):  # mask the history; a repeated target stays rankable
-            scores[r, es.histories[row] - 1] = -np.inf
-        scores[np.arange(len(rows)), target_col] = target_score
-        g, t = metrics.target_ranks(scores, target_col)
-        greater.append(g)
-        ties.append(t)
-    cat = np.concatenate
-    return RawEval(cat(greater), cat(ties), cat(pos_logp), cat(neg_logp) if neg_logp else
-                   np.zeros((0, n_negatives)), shifted_users(data, es))
+        pos_logp[rows] = logp[np.arange(len(rows)), target_col]
+        neg_logp[rows] = np.take_along_axis(logp, negatives[rows] - 1, axis=1)
+        mask_history(scores, es, rows)
+        greater[rows], ties[rows] = metrics.target_ranks(scores, target_col)
+    return RawEval(greater, ties, pos_logp, neg_logp, shifted_users(data, es))
 
 
 def summarize(raw: RawEval, calibration: tuple[float, float] | None = None) -> dict[str, float]:

@@ -68,11 +68,15 @@ def to_tensors(inputs: Inputs, device: torch.device) -> tuple[torch.Tensor, ...]
 
 
 def torch_scorer(model: ShiftRec, device: torch.device) -> evaluation.Scorer:
-    """A harness scorer running the model's inference path under no_grad."""
+    """A harness scorer running the model's inference path under no_grad. Columns that are
+    padding in every row are cut first (positions count back from the end, so the result is the
+    same); the harness batches users of similar history length to make that count."""
     def score(inputs: Inputs) -> np.ndarray:
         model.eval()
+        width = max(int((inputs.items > 0).sum(axis=1).max(initial=0)), 1)
+        trimmed = Inputs(*(a[:, -width:] for a in (inputs.items, inputs.types, inputs.times)))
         with torch.no_grad():
-            scores, _ = model.score(*to_tensors(inputs, device))
+            scores, _ = model.score(*to_tensors(trimmed, device))
         return scores.float().cpu().numpy()
     return score
 

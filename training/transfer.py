@@ -255,7 +255,8 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         while pending_free or pending_after or running:
-            startable = pending_free + [t for t in pending_after if ready(t)]
+            # seed 0 of everything first: an interrupted benchmark still has every measurement
+            startable = sorted(pending_free + [t for t in pending_after if ready(t)], key=lambda t: t.get("seed", 0))
             while startable and len(running) < args.jobs:
                 task = startable.pop(0)
                 (pending_free if task in pending_free else pending_after).remove(task)
