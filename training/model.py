@@ -54,6 +54,8 @@ class ModelConfig:
     use_time: bool = True
     use_text: bool = False  # item text vectors (cross-domain transfer, cold-start items)
     text_dim: int = 384  # width of those vectors
+    id_dropout: float = 0.0  # training: share of items whose id embedding is hidden per batch, so
+    # that the content part alone learns to place an item (what a cold-start item has)
     loss: str = "ce"  # "ce": full softmax over the catalogue; "sampled": sampled softmax
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
 
@@ -164,7 +166,10 @@ class ShiftRec(nn.Module):
     def item_table(self) -> torch.Tensor:
         """Every item's representation (N+1, D): id embedding (zero for items unseen in training)
         + mean tag embedding + projected text vector. Row 0 = 0."""
-        table = self.item_emb.weight * self.id_mask  # (N+1, D)
+        mask = self.id_mask  # (N+1, 1)
+        if self.training and self.cfg.id_dropout > 0:  # the same items on the input and output side
+            mask = mask * (torch.rand_like(mask) >= self.cfg.id_dropout)
+        table = self.item_emb.weight * mask  # (N+1, D)
         if self.cfg.use_tags:
             table = table + self.tag_emb(self.item_tags)  # (N+1, D)
         if self.cfg.use_text:

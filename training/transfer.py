@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 SCRATCH, FINETUNE = "scratch", "finetune"
+COLD_ARMS = ("text", "text-id-dropout", "default")  # default: attributes, no text
+ID_DROPOUT = 0.3
 
 
 # --- one run per task (executed in a worker process) ---------------------------------------
@@ -114,7 +116,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         from training.metrics import ranking_metrics
 
         data, held = hold_out_items(_load(task["target"]), task["item_fraction"], task["seed"])
-        over = text if task["arm"] == "text" else dict(task["overrides"])
+        over = {"text": text, "text-id-dropout": {**text, "id_dropout": ID_DROPOUT}}.get(task["arm"], task["overrides"])
         trained = _train(data, over, task["seed"], threads)
         raw = _test_raw(trained, data)
         from training.data import eval_set
@@ -226,7 +228,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]
                 if fraction == 1 and seed == 0 and arm == FINETUNE:
                     task["save_as"] = "target-finetuned.pt"
                 (after if arm == FINETUNE else free).append(task)
-    for arm in ("text", "default"):
+    for arm in COLD_ARMS:
         free.append({**base, "name": f"cold-{arm}", "kind": "cold", "arm": arm, "seed": 0, "item_fraction": 0.1})
     free.append({**base, "name": "temporal-base", "kind": "temporal_base", "seed": 0, "cut": args.cut})
     after.append({**base, "name": "temporal-finetune", "kind": "temporal_finetune", "seed": 0, "cut": args.cut,
@@ -306,7 +308,7 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
         p = results["pretrain"]
         out["pretrain"] = {"NDCG@10": p["metrics"]["NDCG@10"], "train_seconds": p["train_seconds"],
                            "best_epoch": p["best_epoch"], "epochs_run": p["epochs_run"]}
-    cold = {arm: results.get(f"cold-{arm}") for arm in ("text", "default")}
+    cold = {arm: results.get(f"cold-{arm}") for arm in COLD_ARMS}
     out["cold_start"] = {arm: None if r is None else {**r["cold"], "NDCG@10_all": r["metrics"]["NDCG@10"],
                                                          "held_items": r["held_items"],
                                                          "random_HR@10": r["random_HR@10"]}
@@ -345,7 +347,7 @@ def print_table(summary: dict[str, Any]) -> None:
     print("\ncold-start items (10 % of the target's items never in training)")
     for arm, r in summary["cold_start"].items():
         if r:
-            print(f"  {arm:<8} HR@10 {_f(r['HR@10'])}  NDCG@10 {_f(r['NDCG@10'])}  on {r['users']} test users "
+            print(f"  {arm:<16} HR@10 {_f(r['HR@10'])}  NDCG@10 {_f(r['NDCG@10'])}  on {r['users']} test users "
                   f"(random HR@10 {_f(r['random_HR@10'], '.5f')}; all users NDCG@10 {_f(r['NDCG@10_all'])})")
     if "temporal" in summary:
         t = summary["temporal"]

@@ -18,7 +18,7 @@ from training.data import (
     training_arrays,
 )
 from training.export import load_weights
-from training.model import ModelConfig
+from training.model import ModelConfig, ShiftRec
 from training.text import TEXT_DIM, encode_texts, item_text_table
 from training.train import TrainConfig, main, train
 
@@ -81,6 +81,18 @@ def test_unseen_items_are_scored_from_their_content_alone(tiny):
     cold = torch.from_numpy(held)
     torch.testing.assert_close(table[cold], content[cold])  # no id part
     assert (table[~cold][1:] - content[~cold][1:]).abs().sum() > 0  # warm items have one
+
+
+def test_id_dropout_hides_ids_in_training_only(tiny):
+    model = ShiftRec(ModelConfig(**TEXT, n_items=tiny.n_items, n_tags=tiny.n_tags, id_dropout=0.5),
+                     torch.from_numpy(tiny.item_tags), torch.from_numpy(item_text_table(tiny.item_titles)))
+    with torch.no_grad():
+        content = model.tag_emb(model.item_tags) + model.text_proj(model.item_text)
+        model.train()
+        hidden = ((model.item_table() - content).abs().sum(dim=1) == 0)[1:]
+        assert 0.3 < hidden.float().mean() < 0.7  # about half the items lose their id part
+        model.eval()
+        assert ((model.item_table() - content).abs().sum(dim=1)[1:] > 0).all()  # none when serving
 
 
 def test_a_user_sample_trains_on_those_users_only(tiny):
@@ -169,7 +181,7 @@ def test_the_transfer_benchmark_runs_and_resumes(two_domains, tmp_path, capsys):
         for arm in ("scratch", "finetune"):
             assert 0 <= row[arm]["NDCG@10_mean"] <= 1 and row[arm]["seeds"] == 1
     cold = summary["cold_start"]
-    assert cold["text"]["users"] == cold["default"]["users"] > 0
+    assert cold["text"]["users"] == cold["text-id-dropout"]["users"] == cold["default"]["users"] > 0
     assert summary["temporal"]["finetune_train_users"] < 80
     shared = summary["shared_shoppers"]
     assert shared["shoppers"] == 80  # every reviewer is in both tiny domains
