@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train a source-domain model for cross-domain transfer (item text inputs on); "
                             "a later `--init-from` this package on another domain carries over the sequence "
                             "encoder and text projection, not the domain's item ids or tags")
-    train.add_argument("--all-events", action="store_true",
-                       help="with --init-from a same-domain model: fine-tune on every training event, "
-                            "not only those newer than the parent's data")
+    train.add_argument("--new-events-only", action="store_true",
+                       help="with --init-from a same-domain model: learn only from targets newer than the "
+                            "parent's data (older events stay as context); default: all training events")
     train.add_argument("--report-json", metavar="PATH", help="also write the run's report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_from = None
     report = main(data=data, out=args.out, overrides=load_overrides(args.config), epochs=args.epochs,
                   device=args.device, seed=args.seed, version=args.version, finetune_from=init_from,
-                  pretrain=args.pretrain, new_events_only=False if args.all_events else None)
+                  pretrain=args.pretrain, new_events_only=args.new_events_only)
     print(f"{report['split']} metrics (best epoch {report['best_epoch']} of {report['epochs_run']}, "
           f"{report['train_seconds']:.0f} s, {report['seconds_per_epoch']:.1f} s/epoch):")
     print(format_metrics(report["metrics"]))

@@ -151,7 +151,7 @@ def test_temporal_fine_tune_learns_from_newer_events_and_new_items_start_from_co
          progress=False, version="before")
     parent = load_weights(models)
     report = main(data=tiny, out=str(models), overrides={"epochs": 1, "lr": 0.0}, device="cpu",
-                  progress=False, version="after", finetune_from=str(models))
+                  progress=False, version="after", finetune_from=str(models), new_events_only=True)
     assert report["train_since"] == parent["data_until"] + 1
     assert pkg.load_manifest(models / "after").parent_version == "before"
     child = load_weights(models)
@@ -164,13 +164,24 @@ def test_temporal_fine_tune_learns_from_newer_events_and_new_items_start_from_co
             assert not rows[i].any()  # new since the parent: starts from its content
 
 
+def test_temporal_fine_tune_uses_every_event_by_default(tiny, tmp_path):
+    cut = int(np.quantile(np.concatenate(tiny.times), 0.7))
+    models = tmp_path / "models"
+    main(data=events_before(tiny, cut), out=str(models), overrides={**TINY, "epochs": 1}, device="cpu",
+         progress=False, version="before")
+    report = main(data=tiny, out=str(models), overrides={"epochs": 1}, device="cpu", progress=False,
+                  version="after", finetune_from=str(models))
+    assert report["train_since"] is None
+    assert pkg.load_manifest(models / "after").parent_version == "before"
+
+
 def test_the_transfer_benchmark_runs_and_resumes(two_domains, tmp_path, capsys):
     from training import transfer
 
     times = np.concatenate(load_files(f"s3rec:{two_domains / 'amazon' / 'Tiny'}").times)
     args = ["--datasets", str(two_domains), "--source", "Other", "--target", "Tiny",
             "--fractions", "0.25,1", "--seeds", "1", "--full-seeds", "1", "--max-minutes", "0.001",
-            "--pretrain-minutes", "0.001", "--cut", str(int(np.median(times))), "--jobs", "2",
+            "--pretrain-minutes", "0.001", "--full-max-minutes", "0.001", "--cut", str(int(np.median(times))), "--jobs", "2",
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "transfer.json")]
     assert transfer.main(args) == 0
     summary = json.loads((tmp_path / "transfer.json").read_text())
@@ -182,7 +193,7 @@ def test_the_transfer_benchmark_runs_and_resumes(two_domains, tmp_path, capsys):
             assert 0 <= row[arm]["NDCG@10_mean"] <= 1 and row[arm]["seeds"] == 1
     cold = summary["cold_start"]
     assert cold["text"]["users"] == cold["text-id-dropout"]["users"] == cold["default"]["users"] > 0
-    assert summary["temporal"]["finetune_train_users"] < 80
+    assert summary["temporal"]["new_events_only"]["train_users"] < summary["temporal"]["all_events"]["train_users"]
     shared = summary["shared_shoppers"]
     assert shared["shoppers"] == 80  # every reviewer is in both tiny domains
     assert 0 <= shared["with_source_history"]["NDCG@10"] <= 1
