@@ -159,7 +159,8 @@ def shared_shoppers(task: dict[str, Any]) -> dict[str, Any]:
     enter the target model through their content (text projection) only."""
     import torch
 
-    from training.data import Inputs, eval_set, pad_left
+    from training.data import EvalSet, Inputs, eval_set, pad_left
+    from training.evaluation import mask_history
     from training.metrics import ranking_metrics, target_ranks
     from training.model import ModelConfig, ShiftRec
     from training.text import item_text_table
@@ -193,19 +194,17 @@ def shared_shoppers(task: dict[str, Any]) -> dict[str, Any]:
         merged_items.append(items[order])
         merged_types.append(types[order])
         merged_times.append(times[order])
-    alone = es.inputs.rows(np.array(rows, dtype=np.int64))
+    subset = EvalSet(es.users[rows], es.inputs.rows(np.array(rows, dtype=np.int64)), es.targets[rows],
+                     [es.histories[r] for r in rows])
+    alone = subset.inputs
     merged = Inputs(*(pad_left(x, cfg.max_len) for x in (merged_items, merged_types, merged_times)))
 
     def ranks(inputs: Inputs) -> dict[str, float]:
         with torch.no_grad():
             h = model.encode(*(torch.from_numpy(a) for a in (inputs.items, inputs.types, inputs.times)), union)[:, -1]
             scores = (h @ table[1:].T).numpy()  # (U, Nt): target items only
-        targets = es.targets[rows] - 1
-        keep = scores[np.arange(len(rows)), targets].copy()
-        for i, r in enumerate(rows):
-            scores[i, es.histories[r] - 1] = -np.inf
-        scores[np.arange(len(rows)), targets] = keep
-        return ranking_metrics(*target_ranks(scores, targets), (10, 20))
+        mask_history(scores, subset, np.arange(len(rows)))
+        return ranking_metrics(*target_ranks(scores, subset.targets - 1), (10, 20))
 
     return {"shoppers": len(rows), "with_earlier_source_events": int(with_source),
             "target_history_only": ranks(alone), "with_source_history": ranks(merged)}
