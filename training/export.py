@@ -32,6 +32,14 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     return torch.load(package / WEIGHTS_FILE, map_location="cpu", weights_only=True)
 
 
+def weights_state(model: ShiftRec, data: SequenceData, version: str, *, pretrain: bool = False) -> dict[str, Any]:
+    """What `weights.pt` holds: the PyTorch state with the vocabularies it was trained on, and
+    what fine-tuning needs to know of its origin (`load_warm_start` reads it)."""
+    return {"state_dict": model.state_dict(), "model_config": asdict(model.cfg), "version": version,
+            "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab),
+            "pretrain": pretrain, "data_until": data.last_timestamp()}
+
+
 class ParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree; the package is not published."""
 
@@ -191,9 +199,7 @@ def export_package(
             data_source=data.source,
         )
         (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())
-        torch.save({"state_dict": model.state_dict(), "model_config": asdict(cfg), "version": version,
-                    "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab),
-                    "pretrain": bool(report.get("pretrain")), "data_until": data.last_timestamp()},
+        torch.save(weights_state(model, data, version, pretrain=bool(report.get("pretrain"))),
                    staged / WEIGHTS_FILE)
         save_curve(trained.history, staged / pkg.CURVE_FILE)
         return pkg.publish_package(staged, model_dir, version)

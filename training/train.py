@@ -103,12 +103,7 @@ def train(
     valid_set = eval_set(data, "valid", model_cfg.max_len)
 
     # model
-    item_text = None
-    if model_cfg.use_text:
-        from training.text import item_text_table
-
-        item_text = torch.from_numpy(item_text_table(data.item_titles, threads=train_cfg.threads))
-    model = ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()))
+    model = build_model(model_cfg, data, train_cfg.threads)
     if warm_start is not None:
         load_warm_start(model, warm_start, data)
     model = model.to(device)
@@ -160,6 +155,17 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) -> ShiftRec:
+    """The model with the data's per-item constants: tags, text vectors (when `use_text`) and
+    which items the training events know."""
+    item_text = None
+    if model_cfg.use_text:
+        from training.text import item_text_table
+
+        item_text = torch.from_numpy(item_text_table(data.item_titles, threads=threads))
+    return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()))
 
 
 def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:

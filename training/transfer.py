@@ -57,14 +57,12 @@ def _train(data, overrides: dict[str, Any], seed: int, threads: int, warm_start=
 
 def _save_state(trained, data, path: Path, pretrain: bool = False) -> None:  # type: ignore[no-untyped-def]
     """The same dict as a package's weights file, so `load_warm_start` takes it."""
-    from dataclasses import asdict
-
     import torch
 
+    from training.export import weights_state
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": trained.model.state_dict(), "model_config": asdict(trained.model_cfg),
-                "version": path.stem, "item_vocab": list(data.item_vocab), "tag_vocab": list(data.tag_vocab),
-                "pretrain": pretrain, "data_until": data.last_timestamp()}, path)
+    torch.save(weights_state(trained.model, data, path.stem, pretrain=pretrain), path)
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -162,16 +160,17 @@ def shared_shoppers(task: dict[str, Any]) -> dict[str, Any]:
     from training.data import EvalSet, Inputs, eval_set, pad_left
     from training.evaluation import mask_history
     from training.metrics import ranking_metrics, target_ranks
-    from training.model import ModelConfig, ShiftRec
+    from training.model import ModelConfig
     from training.text import item_text_table
+    from training.train import build_model
 
+    torch.set_num_threads(task["threads"])
     target, source = _load(task["target"]), _load(task["source"])
     state = _load_state(Path(task["work"]) / "states" / task["model"])
     cfg = ModelConfig(**state["model_config"])
-    model = ShiftRec(cfg, torch.from_numpy(target.item_tags), torch.from_numpy(item_text_table(target.item_titles)))
+    model = build_model(cfg, target, task["threads"])
     model.load_state_dict(state["state_dict"])
     model.eval()
-    torch.set_num_threads(task["threads"])
     source_text = torch.from_numpy(item_text_table(source.item_titles)[1:])
     with torch.no_grad():
         table = model.item_table()  # (Nt+1, D)
