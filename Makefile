@@ -51,7 +51,7 @@ bench-quality: setup  ## served = evaluated: import (holdout 1), train from the 
 bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU; --device cuda on a GPU box)
 	$(BIN)/python -m training.bench --datasets $(DATASETS) --out var/bench/train.json
 
-report-train: setup  ## the quality table: 3 seeds x (model, ablation) + baselines on Beauty and Sports
+report-train: setup  ## the quality table: 3 seeds x (model, ablation) + baselines on Beauty and Sports (resumable)
 	$(BIN)/python -m training.report --datasets $(DATASETS) --seeds 3 --out var/reports/training
 
 bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start items, temporal fine-tune, shared shoppers

@@ -1,62 +1,85 @@
 """The quality report: per Amazon domain, the model and its ablation (no type/time/attribute
-inputs) over several seeds, and the baselines, all in the same harness and split. Writes
-`report.json` and `report.md` (mean ± std over seeds) into an output folder, after every run
-so that an interrupted report keeps what it finished.
+inputs) over several seeds, and the baselines, all in the same harness and split. Runs go to
+worker processes (`--jobs` at a time, `--threads` torch threads each) and each is kept as JSON
+under `--work`, so an interrupted report resumes where it stopped (`--fresh` starts over;
+`--table-only` reprints). Writes `report.json` and `report.md` (mean ± std over seeds) to `--out`.
 
     python -m training.report --datasets ../shared/datasets --domains Beauty --seeds 3
 """
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training import baselines, evaluation
-from training.data import load_files
+from training.runs import load_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
 COLUMNS = ("NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
            "precision", "recall", "F1", "NDCG@10_shifted", "NDCG@10_stable")
+BASELINES = "baselines"
 
 
-def run_report(
-    datasets: str,
-    domains: list[str],
-    seeds: int,
-    out_dir: str,
-    *,
-    config_path: str | None = None,
-    epochs: int | None = None,
-    device: str = "auto",
-    variants: tuple[str, ...] = ("model", "ablation"),
-) -> dict[str, Any]:
-    from training.train import load_overrides, main
-
-    overrides = load_overrides(config_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"config_overrides": overrides, "domains": {}}
+def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...],
+         overrides: dict[str, Any], threads: int, epochs: int | None = None,
+         device: str = "auto") -> list[dict[str, Any]]:
+    tasks = []
     for domain in domains:
-        data = load_files(f"s3rec:{Path(datasets) / 'amazon' / domain}")
-        rows: dict[str, list[dict[str, Any]]] = {}
-        results["domains"][domain] = rows
-        for name, scorer in baselines.all_baselines(data).items():
-            started = time.perf_counter()
-            metrics = evaluation.evaluate(data, scorer, 50, split="test")
-            rows[name] = [{"seed": 0, "metrics": metrics, "train_seconds": time.perf_counter() - started}]
-            _write(results, out)
+        spec = f"s3rec:{Path(datasets) / 'amazon' / domain}"
+        tasks.append({"name": f"{domain}-{BASELINES}", "domain": domain, "spec": spec, "variant": BASELINES,
+                      "seed": 0})
         for seed in range(seeds):
             for variant in variants:
                 over = overrides | (ABLATION if variant == "ablation" else {})
-                report = main(data=data, out=None, overrides=over, epochs=epochs, device=device, seed=seed)
-                rows.setdefault(variant, []).append(
-                    {"seed": seed, "metrics": report["metrics"], "train_seconds": report["train_seconds"],
-                     "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
-                     "epochs_run": report["epochs_run"]})
-                _write(results, out)
+                tasks.append({"name": f"{domain}-{variant}-{seed}", "domain": domain, "spec": spec,
+                              "variant": variant, "seed": seed, "overrides": {**over, "threads": threads},
+                              "epochs": epochs, "device": device})
+    return tasks
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One row group of the report: every baseline, or one training run (executed in a worker)."""
+    from training import baselines, evaluation
+    from training.data import load_files
+    from training.train import main
+
+    started = time.perf_counter()
+    data = load_files(task["spec"])
+    if task["variant"] == BASELINES:
+        out: dict[str, Any] = {"baselines": {}}
+        for name, scorer in baselines.all_baselines(data).items():
+            t0 = time.perf_counter()
+            metrics = evaluation.evaluate(data, scorer, 50, split="test")
+            out["baselines"][name] = {"seed": 0, "metrics": metrics, "train_seconds": time.perf_counter() - t0}
+    else:
+        report = main(data=data, out=None, overrides=task["overrides"], epochs=task["epochs"],
+                      device=task["device"], seed=task["seed"], progress=False)
+        out = {"seed": task["seed"], "metrics": report["metrics"], "train_seconds": report["train_seconds"],
+               "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
+               "epochs_run": report["epochs_run"], "history": report["history"],
+               "config": report["config"]}
+    out["task"] = task
+    out["wall_seconds"] = time.perf_counter() - started
+    return out
+
+
+def collate(tasks: list[dict[str, Any]], runs: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Per domain, per method: the list of runs (seeds) finished so far, baselines first."""
+    results: dict[str, Any] = {"config_overrides": overrides, "domains": {}}
+    for task in tasks:
+        run = runs.get(task["name"])
+        if run is None:
+            continue
+        rows = results["domains"].setdefault(task["domain"], {})
+        if task["variant"] == BASELINES:
+            for name, row in run["baselines"].items():
+                rows[name] = [row]
+        else:
+            rows.setdefault(task["variant"], []).append({k: v for k, v in run.items() if k != "task"})
     return results
 
 
@@ -85,12 +108,13 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(markdown(results))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
     parser.add_argument("--seeds", type=int, default=3)
@@ -98,13 +122,28 @@ def main() -> None:
     parser.add_argument("--config", help="JSON file of config overrides")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="var/reports")
-    args = parser.parse_args()
-    results = run_report(args.datasets, args.domains.split(","), args.seeds, args.out,
-                         config_path=args.config, epochs=args.epochs, device=args.device,
-                         variants=tuple(args.variants.split(",")))
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=Path("var/reports/training"))
+    parser.add_argument("--work", type=Path, help="where each run is kept (default: OUT/runs)")
+    parser.add_argument("--fresh", action="store_true", help="ignore the runs kept in --work")
+    parser.add_argument("--table-only", action="store_true", help="collate the kept runs, train nothing")
+    args = parser.parse_args(argv)
+    from training.train import load_overrides
+
+    overrides = load_overrides(args.config)
+    work = args.work or args.out / "runs"
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    tasks = plan(args.datasets, args.domains.split(","), args.seeds, tuple(args.variants.split(",")),
+                 overrides, args.threads, args.epochs, args.device)
+    runs = load_results(work) if args.table_only else run_tasks(tasks, run_task, work, jobs=args.jobs, label="report")
+    results = collate(tasks, runs, overrides)
+    _write(results, args.out)
     print(markdown(results))
+    print(f"\nwrote {args.out / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -23,14 +23,13 @@ stopped (`--fresh` starts over). Prints one table, writes everything to `--out`.
 
 import argparse
 import json
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.runs import load_results, run_tasks
 
 SCRATCH, FINETUNE = "scratch", "finetune"
 COLD_ARMS = ("text", "text-id-dropout", "default")  # default: attributes, no text
@@ -229,54 +228,24 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]
                     task["overrides"] = {"max_minutes": args.full_max_minutes}
                 if fraction == 1 and seed == 0 and arm == FINETUNE:
                     task["save_as"] = "target-finetuned.pt"
+                if arm == FINETUNE:
+                    task["needs"] = ["pretrain"]
                 (after if arm == FINETUNE else free).append(task)
     for arm in COLD_ARMS:
         free.append({**base, "name": f"cold-{arm}", "kind": "cold", "arm": arm, "seed": 0, "item_fraction": 0.1})
     free.append({**base, "name": "temporal-base", "kind": "temporal_base", "seed": 0, "cut": args.cut})
     for name, new_only in (("temporal-finetune", True), ("temporal-finetune-all", False)):
         after.append({**base, "name": name, "kind": "temporal_finetune", "seed": 0, "cut": args.cut,
-                      "new_events_only": new_only, "needs": "temporal-base"})
+                      "new_events_only": new_only, "needs": ["temporal-base"]})
     if 1.0 in args.fractions and args.full_seeds > 0:
         after.append({**base, "name": "shared-shoppers", "kind": "shared", "model": "target-finetuned.pt",
-                      "needs": "fraction-1-finetune-0"})
+                      "needs": ["fraction-1-finetune-0"]})
     return pretrain, free, after
 
 
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     pretrain, free, after = plan(args)
-    results_dir = args.work / "runs"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    for task in [pretrain, *free, *after]:
-        path = results_dir / f"{task['name']}.json"
-        if path.exists() and not args.fresh:
-            results[task["name"]] = json.loads(path.read_text())
-    pending_free = [t for t in [pretrain, *free] if t["name"] not in results]
-    pending_after = [t for t in after if t["name"] not in results]
-    running: dict[Future, dict[str, Any]] = {}
-
-    def ready(task: dict[str, Any]) -> bool:
-        return "pretrain" in results if task.get("needs") is None else task["needs"] in results
-
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        while pending_free or pending_after or running:
-            # seed 0 of everything first: an interrupted benchmark still has every measurement
-            startable = sorted(pending_free + [t for t in pending_after if ready(t)], key=lambda t: t.get("seed", 0))
-            while startable and len(running) < args.jobs:
-                task = startable.pop(0)
-                (pending_free if task in pending_free else pending_after).remove(task)
-                print(f"[transfer] start {task['name']}", file=sys.stderr, flush=True)
-                running[pool.submit(run_task, task)] = task
-            if not running:
-                raise RuntimeError(f"tasks wait on runs that cannot finish: {[t['name'] for t in pending_after]}")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                task = running.pop(future)
-                result = future.result()
-                results[task["name"]] = result
-                (results_dir / f"{task['name']}.json").write_text(json.dumps(result, indent=1))
-                print(f"[transfer] done {task['name']} in {result['wall_seconds']:.0f} s", file=sys.stderr, flush=True)
-    return results
+    return run_tasks([pretrain, *free, *after], run_task, args.work / "runs", jobs=args.jobs, label="transfer")
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -402,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(args.work)
     if args.table_only:
-        results = {p.stem: json.loads(p.read_text()) for p in sorted((args.work / "runs").glob("*.json"))}
+        results = load_results(args.work / "runs")
     else:
         results = run_all(args)
     summary = summarize(results, args)

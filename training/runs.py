@@ -1,0 +1,63 @@
+"""Independent training runs spread over worker processes, each result kept as JSON so that an
+interrupted benchmark or report resumes where it stopped. Shared by `training.report` and
+`training.transfer`.
+
+A task is a JSON-able dict with a unique "name" and optionally "needs": the names of tasks
+whose results (or files they write) it depends on. `run_tasks` starts ready tasks lowest
+"seed" first, so an interrupted run still has one of everything.
+"""
+
+import json
+import sys
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+
+def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+
+
+def run_tasks(
+    tasks: list[dict[str, Any]],
+    worker: Callable[[dict[str, Any]], dict[str, Any]],
+    results_dir: Path,
+    *,
+    jobs: int,
+    label: str,
+) -> dict[str, dict[str, Any]]:
+    """Run every task not already kept in `results_dir` with `worker` (a module-level function,
+    since workers are spawned), `jobs` at a time; returns the results of all `tasks`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    kept = load_results(results_dir)
+    results = {t["name"]: kept[t["name"]] for t in tasks if t["name"] in kept}
+    pending = [t for t in tasks if t["name"] not in results]
+    names = {t["name"] for t in tasks}
+    for task in pending:
+        missing = set(task.get("needs", ())) - names
+        if missing:
+            raise ValueError(f"task {task['name']} needs tasks that are not planned: {sorted(missing)}")
+    running: dict[Future, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            startable = sorted((t for t in pending if set(t.get("needs", ())) <= set(results)),
+                               key=lambda t: t.get("seed", 0))
+            while startable and len(running) < jobs:
+                task = startable.pop(0)
+                pending.remove(task)
+                print(f"[{label}] start {task['name']}", file=sys.stderr, flush=True)
+                running[pool.submit(worker, task)] = task
+            if not running:
+                raise RuntimeError(f"tasks wait on runs that cannot finish: {[t['name'] for t in pending]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = running.pop(future)
+                result = future.result()
+                results[task["name"]] = result
+                (results_dir / f"{task['name']}.json").write_text(json.dumps(result, indent=1))
+                wall = result.get("wall_seconds")
+                took = f" in {wall:.0f} s" if wall is not None else ""
+                print(f"[{label}] done {task['name']}{took}", file=sys.stderr, flush=True)
+    return results
