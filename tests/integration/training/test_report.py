@@ -1,6 +1,7 @@
-"""The quality report (`make report-train`) on a tiny generated domain: every row of the table
-is produced, the ablation really switches the inputs off, and an interrupted report resumes
-without repeating a finished run."""
+"""The quality report (`make report-train`) and the training benchmark (`make bench-train`) on
+a tiny generated domain: every row of the table is produced, the ablation really switches the
+inputs off, an interrupted report resumes without repeating a finished run, and the benchmark
+stops at its target or its time budget."""
 
 import json
 
@@ -66,3 +67,24 @@ def test_the_report_has_every_row_and_resumes(datasets, tmp_path, capsys):
     assert report.main([*args, "--table-only"]) == 0
     out = capsys.readouterr()
     assert "[report] start" not in out.err and (tmp_path / "out" / "report.md").read_text() in out.out
+
+
+def test_the_training_benchmark_stops_at_its_target(datasets, tmp_path, capsys):
+    from training import bench
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    base = ["--datasets", str(datasets), "--domain", "Tiny", "--config", str(config), "--device", "cpu"]
+    assert bench.main([*base, "--target", "0", "--out", str(tmp_path / "reached.json")]) == 0
+    reached = json.loads((tmp_path / "reached.json").read_text())
+    assert reached["epochs_to_target"] == reached["epochs"] == 1  # any NDCG reaches 0: stops after epoch 1
+    assert reached["seconds_to_target"] == pytest.approx(reached["history"][0]["elapsed_seconds"])
+    assert reached["peak_rss_mib"] > 0 and reached["peak_gpu_mib"] is None
+    assert "seconds_per_epoch_mean" in capsys.readouterr().out
+
+    # an unreachable target: the run stops on its time budget and says the target was not reached
+    assert bench.main([*base, "--target", "1.01", "--max-minutes", "0.001",
+                       "--out", str(tmp_path / "missed.json")]) == 0
+    missed = json.loads((tmp_path / "missed.json").read_text())
+    assert missed["seconds_to_target"] is None and missed["epochs_to_target"] is None
+    assert missed["epochs"] == 1 and missed["best_valid_ndcg10"] <= 1
