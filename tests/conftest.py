@@ -29,6 +29,16 @@ def require_datasets() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def text_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Item text vectors (the default model reads titles) are cached in a scratch folder for the
+    whole session, never in the checkout's var/; subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("text-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHIFTREC_TEXT_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"

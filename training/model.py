@@ -13,9 +13,11 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
 - time: an embedding of the log-bucketed gap since the previous event, and a learned per-head
   attention bias over the log-bucketed time between the query and each key event (a simplified
   TiSASRec, Li et al., WSDM 2020), so attention can learn how fast interest decays;
-- item text (optional, `use_text`): a fixed sentence-encoder vector per item (`training.text`)
-  through a learned projection, added like the attributes. It is the part of an item's
-  representation that crosses domains (UniSRec, Hou et al., KDD 2022, in its simplest form).
+- item text (`use_text`, on by default): a fixed sentence-encoder vector of the item's title
+  (`training.text`) through a learned projection, added like the attributes. Items that share
+  words share strength (Beauty NDCG@10 0.0520 -> 0.0538 at width 64), and it is the part of an
+  item's representation that crosses domains (UniSRec, Hou et al., KDD 2022, in its simplest
+  form).
 
 Items that never occur in the training events keep no id embedding (their row is masked to
 zero), so a cold-start item is scored from its content alone instead of from an untrained row
@@ -42,7 +44,7 @@ class ModelConfig:
     n_tags: int = 0  # tag vocabulary size, set from the data (tag index 0 = padding)
     n_event_types: int = 7  # 0 padding, 1 view .. 6 review
     max_len: int = 50  # events seen per user; the fixed ONNX input length
-    dim: int = 64  # hidden size D
+    dim: int = 128  # hidden size D (with text: 128 beat 64 on Beauty, NDCG@10 0.0565 vs 0.0538)
     n_layers: int = 2
     n_heads: int = 1
     ffn_mult: int = 4  # feed-forward width = ffn_mult * D (4 beat SASRec's 1 on Beauty)
@@ -52,7 +54,8 @@ class ModelConfig:
     use_tags: bool = True  # ablation switches: item attributes, behaviour type, time
     use_types: bool = True
     use_time: bool = True
-    use_text: bool = False  # item text vectors (cross-domain transfer, cold-start items)
+    use_text: bool = True  # item text vectors (better on Beauty; cross-domain transfer; cold-start
+    # items). Items without a title get the zero vector, so title-less data trains as without text
     text_dim: int = 384  # width of those vectors
     id_dropout: float = 0.0  # training: share of items whose id embedding is hidden per batch, so
     # that the content part alone learns to place an item (what a cold-start item has)

@@ -26,7 +26,9 @@ BASELINES = "baselines"
 
 def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...],
          overrides: dict[str, Any], threads: int, epochs: int | None = None,
-         device: str = "auto") -> list[dict[str, Any]]:
+         device: str = "auto", ablation_seeds: int | None = None) -> list[dict[str, Any]]:
+    """Per domain: one baselines task and `seeds` runs of each variant (`ablation_seeds` of the
+    ablation, when given)."""
     tasks = []
     for domain in domains:
         spec = f"s3rec:{Path(datasets) / 'amazon' / domain}"
@@ -34,6 +36,8 @@ def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...
                       "seed": 0})
         for seed in range(seeds):
             for variant in variants:
+                if variant == "ablation" and ablation_seeds is not None and seed >= ablation_seeds:
+                    continue
                 over = overrides | (ABLATION if variant == "ablation" else {})
                 tasks.append({"name": f"{domain}-{variant}-{seed}", "domain": domain, "spec": spec,
                               "variant": variant, "seed": seed, "overrides": {**over, "threads": threads},
@@ -118,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ablation-seeds", type=int, help="seeds of the ablation (default: --seeds)")
     parser.add_argument("--variants", default="model,ablation")
+    parser.add_argument("--max-minutes", type=float, default=45.0,
+                        help="wall-clock cap per run: runs side by side are slower than one alone")
     parser.add_argument("--config", help="JSON file of config overrides")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--device", default="auto")
@@ -131,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from training.train import load_overrides
 
-    overrides = load_overrides(args.config)
+    overrides = {"max_minutes": args.max_minutes, **load_overrides(args.config)}
     work = args.work or args.out / "runs"
     if args.fresh and work.exists():
         shutil.rmtree(work)
     tasks = plan(args.datasets, args.domains.split(","), args.seeds, tuple(args.variants.split(",")),
-                 overrides, args.threads, args.epochs, args.device)
+                 overrides, args.threads, args.epochs, args.device, args.ablation_seeds)
     runs = load_results(work) if args.table_only else run_tasks(tasks, run_task, work, jobs=args.jobs, label="report")
     results = collate(tasks, runs, overrides)
     _write(results, args.out)

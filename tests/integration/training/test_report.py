@@ -83,8 +83,21 @@ def test_the_training_benchmark_stops_at_its_target(datasets, tmp_path, capsys):
     assert "seconds_per_epoch_mean" in capsys.readouterr().out
 
     # an unreachable target: the run stops on its time budget and says the target was not reached
-    assert bench.main([*base, "--target", "1.01", "--max-minutes", "0.001",
+    assert bench.main([*base, "--target", "1.01", "--max-minutes", "0",
                        "--out", str(tmp_path / "missed.json")]) == 0
     missed = json.loads((tmp_path / "missed.json").read_text())
     assert missed["seconds_to_target"] is None and missed["epochs_to_target"] is None
     assert missed["epochs"] == 1 and missed["best_valid_ndcg10"] <= 1
+
+
+def test_the_plan_runs_fewer_ablation_seeds_when_asked():
+    tasks = report.plan("data", ["A", "B"], 3, ("model", "ablation"), {"max_minutes": 5}, threads=1,
+                        ablation_seeds=1)
+    names = [t["name"] for t in tasks]
+    assert len(names) == len(set(names))
+    for domain in ("A", "B"):
+        assert [n for n in names if n.startswith(f"{domain}-")] == [
+            f"{domain}-baselines", f"{domain}-model-0", f"{domain}-ablation-0", f"{domain}-model-1", f"{domain}-model-2"]
+    ablation = next(t for t in tasks if t["name"] == "A-ablation-0")
+    assert ablation["overrides"] == {"max_minutes": 5, **report.ABLATION, "threads": 1}
+    assert ablation["spec"].endswith("amazon/A") and ablation["spec"].startswith("s3rec:")

@@ -37,14 +37,6 @@ def two_domains(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def text_cache(tmp_path_factory):
-    """Text vectors cached in a scratch folder (the benchmark's worker processes inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHIFTREC_TEXT_CACHE_DIR", str(tmp_path_factory.mktemp("text-cache")))
-        yield
-
-
 def test_text_vectors_come_from_the_offline_encoder_and_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched from the hub
     texts = ["red lipstick", "crimson lip colour", "hiking boots", ""]
