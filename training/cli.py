@@ -106,11 +106,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
-        from training.report import run_report
+        from training import report
 
-        run_report(args.datasets, args.domains.split(","), args.seeds, args.out,
-                   config_path=args.config, epochs=args.epochs, device=args.device)
-        return 0
+        # the same run as `python -m training.report` (which also takes --jobs, --threads,
+        # --ablation-seeds, --table-only, --fresh)
+        argv = ["--datasets", args.datasets, "--domains", args.domains, "--seeds", str(args.seeds),
+                "--device", args.device, "--out", args.out]
+        argv += ["--config", args.config] if args.config else []
+        argv += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+        return report.main(argv)
     if not args.package:
         raise SystemExit("give --package MODEL_DIR (or --report)")
     from training.evaluation import evaluate_package, format_metrics

@@ -101,3 +101,16 @@ def test_the_plan_runs_fewer_ablation_seeds_when_asked():
     ablation = next(t for t in tasks if t["name"] == "A-ablation-0")
     assert ablation["overrides"] == {"max_minutes": 5, **report.ABLATION, "threads": 1}
     assert ablation["spec"].endswith("amazon/A") and ablation["spec"].startswith("s3rec:")
+
+
+def test_shiftrec_evaluate_report_is_the_same_run(monkeypatch, tmp_path):
+    from shared import cli
+
+    seen = []
+    monkeypatch.setattr(report, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["evaluate", "--report", "--datasets", "D", "--domains", "Beauty", "--seeds", "2",
+                     "--epochs", "3", "--out", str(tmp_path)]) == 0
+    argv = seen[0]
+    flags = dict(zip(argv[::2], argv[1::2]))
+    assert flags == {"--datasets": "D", "--domains": "Beauty", "--seeds": "2", "--device": "auto",
+                     "--out": str(tmp_path), "--epochs": "3"}
