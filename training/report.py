@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     tasks = plan(args.datasets, args.domains.split(","), args.seeds, tuple(args.variants.split(",")),
                  overrides, args.threads, args.epochs, args.device, args.ablation_seeds)
-    runs = load_results(work) if args.table_only else run_tasks(tasks, run_task, work, jobs=args.jobs, label="report")
+    def write(runs: dict[str, dict[str, Any]]) -> None:  # after every run: an interrupted report keeps its table
+        _write(collate(tasks, runs, overrides), args.out)
+
+    runs = load_results(work) if args.table_only else run_tasks(tasks, run_task, work, jobs=args.jobs,
+                                                                label="report", on_result=write)
     results = collate(tasks, runs, overrides)
     _write(results, args.out)
     print(markdown(results))

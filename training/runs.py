@@ -27,9 +27,11 @@ def run_tasks(
     *,
     jobs: int,
     label: str,
+    on_result: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every task not already kept in `results_dir` with `worker` (a module-level function,
-    since workers are spawned), `jobs` at a time; returns the results of all `tasks`."""
+    since workers are spawned), `jobs` at a time; returns the results of all `tasks`.
+    `on_result` is called with the results so far each time a run lands."""
     results_dir.mkdir(parents=True, exist_ok=True)
     kept = load_results(results_dir)
     results = {t["name"]: kept[t["name"]] for t in tasks if t["name"] in kept}
@@ -60,4 +62,6 @@ def run_tasks(
                 wall = result.get("wall_seconds")
                 took = f" in {wall:.0f} s" if wall is not None else ""
                 print(f"[{label}] done {task['name']}{took}", file=sys.stderr, flush=True)
+                if on_result is not None:
+                    on_result(results)
     return results
