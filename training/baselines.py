@@ -70,6 +70,29 @@ class CoOccurrence:
         return out
 
 
+class CategoryMarkov:
+    """A category-transition model: P(next category | the last event's category), counted over
+    consecutive training events (add-one smoothed), times each item's share of its category's
+    training events. Scores are probabilities over the catalogue."""
+
+    def __init__(self, data: SequenceData) -> None:
+        self.item_cat = data.item_category_index()  # (N+1,)
+        n_cat = len(data.category_vocab()) + 1
+        counts = np.ones((n_cat, n_cat))
+        for u in range(len(data.users)):
+            cats = self.item_cat[data.items[u][: data.train_end(u)]]
+            np.add.at(counts, (cats[:-1], cats[1:]), 1.0)
+        counts[:, 0] = 0.0
+        self.transition = counts / counts.sum(axis=1, keepdims=True)  # (C+1, C+1) rows: from
+        popularity = _popularity(data) + 1.0  # (N,)
+        per_cat = np.bincount(self.item_cat[1:], weights=popularity, minlength=n_cat)
+        self.within = popularity / per_cat[self.item_cat[1:]]  # (N,) share within its category
+
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        last = self.item_cat[inputs.items[:, -1]]  # (B,)
+        return self.transition[last][:, self.item_cat[1:]] * self.within  # (B, N)
+
+
 def all_baselines(data: SequenceData) -> dict[str, object]:
     return {
         "most_popular": MostPopular(data),

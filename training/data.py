@@ -47,6 +47,16 @@ class SequenceData:
     def n_tags(self) -> int:
         return len(self.tag_vocab)
 
+    def category_vocab(self) -> list[str]:
+        """The items' distinct categories, sorted: category index c + 1 <-> category_vocab[c]."""
+        return sorted(set(self.item_categories or [""] * self.n_items))
+
+    def item_category_index(self) -> np.ndarray:
+        """(N + 1,) int64 category index of each item (1-based; row 0 = padding = 0)."""
+        index = {c: j + 1 for j, c in enumerate(self.category_vocab())}
+        names = self.item_categories or [""] * self.n_items
+        return np.array([0] + [index[c] for c in names], dtype=np.int64)
+
     def with_holdout(self, holdout: str) -> "SequenceData":
         return replace(self, holdout=holdout)
 
@@ -141,15 +151,17 @@ def from_records(
                         holdout, source, categories)
 
 
-def load_files(spec: str, *, holdout: str = HOLDOUT_TEST) -> SequenceData:
-    """`s3rec:DIR/Beauty` (the S3-Rec Amazon files with that prefix) or `taobao:FILE.csv`."""
+def load_files(spec: str, *, holdout: str = HOLDOUT_TEST, categories: str = "coarse") -> SequenceData:
+    """`s3rec:DIR/Beauty` (the S3-Rec Amazon files with that prefix) or `taobao:FILE.csv`.
+    `categories` picks the Amazon items' category granularity (`shared.datasets.s3rec_items`)."""
     from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
 
     kind, _, path = spec.partition(":")
     if kind == "s3rec":
         prefix = Path(path)
         domain = read_s3rec(prefix.parent, prefix.name)
-        return from_records(s3rec_events(domain), s3rec_items(domain), holdout=holdout, source=spec)
+        return from_records(s3rec_events(domain), s3rec_items(domain, categories=categories),
+                            holdout=holdout, source=spec)
     if kind == "taobao":
         data = read_taobao(path)
         return from_records(data.events, data.items, holdout=holdout, source=spec)

@@ -19,6 +19,17 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
   item's representation that crosses domains (UniSRec, Hou et al., KDD 2022, in its simplest
   form).
 
+Interest migration (`shift_weight` > 0, on by default): beside the next-item scores, a shift head
+reads the same hidden state and predicts (a) the next event's category over the catalogue's
+categories (cross-entropy) and (b) whether that category is absent from the categories of the
+last `shift_window` events, "a move" (binary cross-entropy), trained jointly with the next-item
+loss. Its move logit also sees, detached, how much of the category head's and of the next-item
+distribution's mass lies outside the window. `migrate()` turns these into a calibrated
+P(move), a next-category distribution that spends P(move) on the destinations outside the window
+and 1 - P(move) inside it, and next-item scores re-weighted towards it by a factor `beta`
+(0 = the plain next-item scores); the calibration, the destination mix and `beta` are fitted on
+validation after training (`training.migration`).
+
 Items that never occur in the training events keep no id embedding (their row is masked to
 zero), so a cold-start item is scored from its content alone instead of from an untrained row
 that the softmax has pushed down.
@@ -42,6 +53,7 @@ NEG_INF = -1e9  # additive mask value; finite so that fully-masked rows cannot p
 class ModelConfig:
     n_items: int = 0  # catalogue size, set from the data (item index 0 = padding)
     n_tags: int = 0  # tag vocabulary size, set from the data (tag index 0 = padding)
+    n_categories: int = 0  # category vocabulary size, set from the data (category index 0 = padding)
     n_event_types: int = 7  # 0 padding, 1 view .. 6 review
     max_len: int = 50  # events seen per user; the fixed ONNX input length
     dim: int = 128  # hidden size D (with text: 128 beat 64 on Beauty, NDCG@10 0.0565 vs 0.0538)
@@ -59,6 +71,9 @@ class ModelConfig:
     text_dim: int = 384  # width of those vectors
     id_dropout: float = 0.0  # training: share of items whose id embedding is hidden per batch, so
     # that the content part alone learns to place an item (what a cold-start item has)
+    shift_window: int = 5  # events whose categories are "where the shopper is" for P(move)
+    shift_weight: float = 0.2  # weight of the shift head's two losses beside the next-item loss;
+    # 0 = no shift head (P(move) and destinations then come from the next-item distribution alone)
     loss: str = "ce"  # "ce": full softmax over the catalogue; "sampled": sampled softmax
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
 
@@ -125,10 +140,13 @@ class ShiftRec(nn.Module):
         item_tags: torch.Tensor,
         item_text: torch.Tensor | None = None,
         item_known: torch.Tensor | None = None,
+        item_categories: torch.Tensor | None = None,
     ) -> None:
         """Constants per item: `item_tags` (N+1, T) int64 tag indices, 0-padded; `item_text`
         (N+1, text_dim) float text vectors (when cfg.use_text); `item_known` (N+1,) bool, False
-        for items absent from the training events (default: every item known)."""
+        for items absent from the training events (default: every item known);
+        `item_categories` (N+1,) int64 category index of each item, 1..n_categories (row 0 = 0;
+        default: one category for every item)."""
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
@@ -150,6 +168,24 @@ class ShiftRec(nn.Module):
         if cfg.use_time:
             self.gap_emb = nn.Embedding(cfg.n_time_buckets, D)
             self.time_bias = nn.Embedding(cfg.n_time_buckets, cfg.n_heads)
+        C1 = cfg.n_categories + 1
+        cats = torch.ones(cfg.n_items + 1, dtype=torch.int64) if item_categories is None else item_categories
+        cats = cats.to(torch.int64).clone()
+        cats[0] = 0
+        if int(cats.max()) >= C1 and cfg.n_categories > 0:
+            raise ValueError(f"item_categories index past n_categories={cfg.n_categories}")
+        C1 = max(C1, int(cats.max()) + 1)
+        self.register_buffer("item_cat", cats, persistent=True)  # (N+1,)
+        # (N+1, C+1) one-hot: item probabilities @ it = category probabilities
+        self.register_buffer("cat_onehot", F.one_hot(cats, C1).to(torch.float32), persistent=False)
+        if cfg.shift_weight > 0:
+            self.cat_head = nn.Linear(D, C1)  # next-category logits (column 0 = padding, masked)
+            self.move_head = nn.Linear(D, 1)  # move logit from the hidden state ...
+            self.move_mix = nn.Parameter(torch.zeros(2))  # ... plus these weights on logit(P_out)
+        # fitted on validation after training (training.migration); defaults leave the scores as they are
+        self.register_buffer("shift_cal", torch.tensor([1.0, 0.0]), persistent=True)  # Platt a, b of P(move)
+        self.register_buffer("dest_mix", torch.tensor(0.0), persistent=True)  # 0 head .. 1 item-aggregate
+        self.register_buffer("beta", torch.tensor(0.0), persistent=True)  # strength of the re-weighting
         self.emb_norm = nn.LayerNorm(D) if cfg.input_norm else nn.Identity()
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -208,25 +244,101 @@ class ShiftRec(nn.Module):
             x = block(x, bias)
         return self.ln_f(x)  # (B, L, D)
 
+    def window_mask(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, C+1) float, 1 where the category occurs among the last `shift_window` events up to
+        each position (padding never counts)."""
+        W = self.cfg.shift_window
+        cats = self.item_cat[items]  # (B, L); 0 for padding
+        B, L = cats.shape
+        padded = torch.cat([torch.zeros_like(cats[:, :1]).expand(B, W - 1), cats], dim=1)  # (B, L+W-1)
+        idx = torch.stack([padded[:, k : k + L] for k in range(W)], dim=2)  # (B, L, W)
+        mask = torch.zeros(B, L, self.cat_onehot.shape[1], device=items.device).scatter(2, idx, 1.0)
+        return mask * self.cat_onehot[0].logical_not().float()  # (B, L, C+1); column 0 = padding, 0
+
+    def shift_parts(
+        self, h: torch.Tensor, inside: torch.Tensor, item_cat_p: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From hidden states (P, D), window masks (P, C+1) and the next-item distribution summed
+        per category (P, C+1): the raw move logit (P,), the log next-category distribution of
+        the head (P, C+1) (the item distribution's when there is no head) and the item one."""
+        outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (P, C+1) real categories not in the window
+        item_cat_logp = torch.log(item_cat_p.clamp_min(1e-12))  # (P, C+1)
+        out_item = (item_cat_p * outside).sum(-1)  # (P,)
+        if self.cfg.shift_weight <= 0:
+            return _logit(out_item), item_cat_logp, item_cat_logp
+        cat_logits = self.cat_head(h).masked_fill(self.cat_onehot[0] > 0, NEG_INF)  # (P, C+1)
+        cat_logp = F.log_softmax(cat_logits, dim=-1)
+        out_cat = (cat_logp.exp() * outside).sum(-1)  # (P,)
+        move = (self.move_head(h).squeeze(-1) + self.move_mix[0] * _logit(out_cat.detach())
+                + self.move_mix[1] * _logit(out_item.detach()))  # (P,)
+        return move, cat_logp, item_cat_logp
+
     def loss(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        """Mean next-item cross-entropy over every real position; targets (B, L), 0 = none."""
+        """Mean next-item cross-entropy over every real position; targets (B, L), 0 = none. With
+        the shift head: + shift_weight * (next-category cross-entropy + move cross-entropy)."""
         table = self.item_table()  # (N+1, D)
         h = self.encode(items, types, times, table)  # (B, L, D)
         mask = targets > 0
-        h, y = h[mask], targets[mask]  # (P, D), (P,)
+        hs, y = h[mask], targets[mask]  # (P, D), (P,)
         if self.cfg.loss == "ce":
-            logits = h @ table.T  # (P, N+1)
+            logits = hs @ table.T  # (P, N+1)
             logits[:, 0] = NEG_INF  # never predict padding
-            return F.cross_entropy(logits, y)
-        # sampled softmax: the positive against negatives shared by the batch (uniform, so the
-        # logQ correction is a constant); a negative that happens to be the positive is masked
-        neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=h.device)  # (K,)
-        pos_logit = (h * table[y]).sum(-1, keepdim=True)  # (P, 1)
-        neg_logit = (h @ table[neg].T).masked_fill(neg[None, :] == y[:, None], NEG_INF)  # (P, K)
-        logits = torch.cat([pos_logit, neg_logit], dim=1)  # (P, 1+K)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+            loss = F.cross_entropy(logits, y)
+        else:
+            # sampled softmax: the positive against negatives shared by the batch (uniform, so the
+            # logQ correction is a constant); a negative that happens to be the positive is masked
+            neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=h.device)  # (K,)
+            pos_logit = (hs * table[y]).sum(-1, keepdim=True)  # (P, 1)
+            neg_logit = (hs @ table[neg].T).masked_fill(neg[None, :] == y[:, None], NEG_INF)  # (P, K)
+            loss = F.cross_entropy(torch.cat([pos_logit, neg_logit], dim=1), torch.zeros_like(y))
+        if self.cfg.shift_weight <= 0:
+            return loss
+        inside = self.window_mask(items)[mask]  # (P, C+1)
+        y_cat = self.item_cat[y]  # (P,)
+        moved = 1.0 - inside.gather(1, y_cat[:, None]).squeeze(1)  # (P,)
+        if self.cfg.loss == "ce":
+            item_cat_p = F.softmax(logits.detach(), dim=-1) @ self.cat_onehot  # (P, C+1)
+        else:  # no full distribution: the feature is left uninformative
+            item_cat_p = torch.full_like(inside, 1.0 / inside.shape[1])
+        move, cat_logp, _ = self.shift_parts(hs, inside, item_cat_p)
+        shift = F.nll_loss(cat_logp, y_cat) + F.binary_cross_entropy_with_logits(move, moved)
+        return loss + self.cfg.shift_weight * shift
+
+    def serve(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        times: torch.Tensor,
+        table: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The inference path, for the last position of each row:
+        base (B, N) next-item logits; scores (B, N) the same re-weighted toward the predicted
+        next categories (base + beta * (log p_next_category - log p_category under base), per
+        item's category); user (B, D); move_logit (B,) raw; shift_probability (B,) calibrated
+        P(move); category_probabilities (B, C) next-category distribution (column c = category
+        c + 1); and, for measuring: inside (B, C+1) the window's categories, cat_logp and
+        item_cat_logp (B, C+1) the head's and the next-item distribution's log category
+        probabilities, delta (B, C+1) the per-category score change before `beta`."""
+        table = self.item_table() if table is None else table  # (N+1, D)
+        h = self.encode(items, types, times, table)[:, -1]  # (B, D)
+        base = h @ table[1:].T  # (B, N)
+        inside = self.window_mask(items)[:, -1]  # (B, C+1)
+        item_cat_p = F.softmax(base, dim=-1) @ self.cat_onehot[1:]  # (B, C+1)
+        move, cat_logp, item_cat_logp = self.shift_parts(h, inside, item_cat_p)
+        outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (B, C+1)
+        p_move = torch.sigmoid(self.shift_cal[0] * move + self.shift_cal[1])  # (B,)
+        p_move = p_move * (outside.sum(-1) > 0).float()  # nowhere left to move to: 0
+        q = torch.exp((1.0 - self.dest_mix) * cat_logp + self.dest_mix * item_cat_logp)  # (B, C+1)
+        q_out, q_in = q * outside, q * inside
+        p_cat = (p_move[:, None] * q_out / q_out.sum(-1, keepdim=True).clamp_min(1e-12)
+                 + (1.0 - p_move)[:, None] * q_in / q_in.sum(-1, keepdim=True).clamp_min(1e-12))  # (B, C+1)
+        delta = torch.log(p_cat.clamp_min(1e-12)) - item_cat_logp  # (B, C+1)
+        scores = base + self.beta * delta[:, self.item_cat[1:]]  # (B, N)
+        return {"base": base, "scores": scores, "user": h, "move_logit": move, "shift_probability": p_move,
+                "category_probabilities": p_cat[:, 1:], "inside": inside, "cat_logp": cat_logp,
+                "item_cat_logp": item_cat_logp, "delta": delta}
 
     def score(
         self,
@@ -235,8 +347,11 @@ class ShiftRec(nn.Module):
         times: torch.Tensor,
         table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-item scores (B, N) for the last position (column j = item j + 1), and the user
-        representation (B, D). `table` lets the export pass a precomputed constant item table."""
-        table = self.item_table() if table is None else table  # (N+1, D)
-        h = self.encode(items, types, times, table)[:, -1]  # (B, D)
-        return h @ table[1:].T, h  # (B, N), (B, D)
+        """Served next-item scores (B, N) for the last position (column j = item j + 1), and the
+        user representation (B, D). `table` lets the export pass a precomputed constant item table."""
+        out = self.serve(items, types, times, table)
+        return out["scores"], out["user"]
+
+
+def _logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return torch.log(p + eps) - torch.log(1.0 - p + eps)

@@ -96,7 +96,8 @@ def train(
     torch.set_num_threads(train_cfg.threads)
     rng = np.random.default_rng(train_cfg.seed)
     device = resolve_device(train_cfg.device)
-    model_cfg = ModelConfig(**{**asdict(model_cfg), "n_items": data.n_items, "n_tags": data.n_tags})
+    model_cfg = ModelConfig(**{**asdict(model_cfg), "n_items": data.n_items, "n_tags": data.n_tags,
+                                "n_categories": len(data.category_vocab())})
 
     # data
     inputs, targets = training_arrays(data, model_cfg.max_len)
@@ -166,7 +167,8 @@ def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) ->
         from training.text import item_text_table
 
         item_text = torch.from_numpy(item_text_table(data.item_titles, threads=threads))
-    return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()))
+    return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()),
+                    torch.from_numpy(data.item_category_index()))
 
 
 def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:
@@ -180,7 +182,7 @@ def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData)
     rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab)}
     if not parent.get("pretrain"):
         rows["tag_emb.weight"] = (parent["tag_vocab"], data.tag_vocab)
-    skip = {"item_tags", "item_text", "id_mask"} | ({"tag_emb.weight"} - set(rows))
+    skip = {"item_tags", "item_text", "id_mask", "item_cat"} | ({"tag_emb.weight"} - set(rows))
     for name, value in parent["state_dict"].items():
         if name not in state or name in skip:
             continue
@@ -241,7 +243,7 @@ def main(
         from training.export import load_weights
 
         parent = load_weights(finetune_from)
-        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in ("n_items", "n_tags")},
+        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in ("n_items", "n_tags", "n_categories")},
                      **(overrides or {})}
         if new_events_only and not parent.get("pretrain") and parent.get("data_until"):
             newer = data.with_train_since(int(parent["data_until"]) + 1)
@@ -262,6 +264,11 @@ def main(
     trained = train(data, model_cfg, train_cfg, progress=progress, warm_start=parent)
     dev = torch.device(trained.device)
 
+    # interest migration: P(move) calibration, destination mix and re-weighting fitted on validation
+    from training import migration
+
+    migration_fit = migration.fit(trained.model, data, dev)
+
     # evaluation (test split in the literature setting, validation when training for serving)
     scorer = torch_scorer(trained.model, dev)
     calibration = evaluation.fit_calibration(
@@ -272,6 +279,8 @@ def main(
     report = {
         "split": split,
         "metrics": metrics,
+        "migration": migration.evaluate(trained.model, data, split, dev),
+        "migration_fit": migration_fit,
         "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history),
         "train_seconds": trained.seconds,
