@@ -20,6 +20,14 @@ Outputs (float32):
     probabilities  (B, N_ITEMS) calibrated interest probability in [0, 1] (Platt scaling of the
                    log-softmax of `scores`, parameters in `manifest.calibration`)
     user_repr      (B, D) the user representation at the last position (layer-normed)
+    shift_probability       (B,) calibrated probability that the next event's category is absent
+                            from the categories of the last `manifest.shift["window"]` events
+    category_probabilities  (B, N_CATEGORIES) predicted category of the next event; column c is
+                            `manifest.categories[c]`; sums to 1 per row
+
+`scores` are already migration-aware: the next-item logits re-weighted toward the predicted
+next categories (`manifest.shift["beta"]`; 0 leaves them as the plain next-item logits).
+Packages from before the shift outputs carry only the first three outputs; readers accept both.
 """
 
 import json
@@ -38,6 +46,10 @@ OUTPUT_SCORES = "scores"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_USER_REPR = "user_repr"
 OUTPUT_NAMES = (OUTPUT_SCORES, OUTPUT_PROBABILITIES, OUTPUT_USER_REPR)
+OUTPUT_SHIFT_PROBABILITY = "shift_probability"
+OUTPUT_CATEGORY_PROBABILITIES = "category_probabilities"
+SHIFT_OUTPUT_NAMES = (OUTPUT_SHIFT_PROBABILITY, OUTPUT_CATEGORY_PROBABILITIES)
+ALL_OUTPUT_NAMES = OUTPUT_NAMES + SHIFT_OUTPUT_NAMES
 
 PADDING_INDEX = 0
 MODEL_FILE = "model.onnx"
@@ -71,8 +83,10 @@ class Manifest:
     parent_version: str | None = None
     item_categories: list[str] = field(default_factory=list)  # aligned with item_vocab
     popular_items: list[str] = field(default_factory=list)  # most-interacted in training, first
+    categories: list[str] = field(default_factory=list)  # columns of category_probabilities
+    shift: dict[str, Any] = field(default_factory=dict)  # window, calibration, dest_mix, beta
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
-    output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    output_names: list[str] = field(default_factory=lambda: list(ALL_OUTPUT_NAMES))
     padding: str = PADDING_DOC
     padding_index: int = PADDING_INDEX
     event_types: dict[str, int] = field(

@@ -46,7 +46,8 @@ class ParityError(RuntimeError):
 
 class ServingModel(nn.Module):
     """The inference path with constants baked in: the item table (id + attribute embeddings,
-    folded) and the Platt calibration of the log-softmax score."""
+    folded), the Platt calibration of the log-softmax score, and the shift head with its fitted
+    calibration, destination mix and re-weighting (outputs in `shared.model_package` order)."""
 
     def __init__(self, model: ShiftRec, calibration: tuple[float, float]) -> None:
         super().__init__()
@@ -57,11 +58,12 @@ class ServingModel(nn.Module):
 
     def forward(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scores, user = self.model.score(items, types, times, table=self.table)  # (B, N), (B, D)
+    ) -> tuple[torch.Tensor, ...]:
+        out = self.model.serve(items, types, times, table=self.table)
+        scores = out["scores"]  # (B, N) migration-aware
         logp = torch.log_softmax(scores, dim=-1)  # (B, N)
         probs = torch.sigmoid(self.cal[0] * logp + self.cal[1])  # (B, N)
-        return scores, probs, user
+        return scores, probs, out["user"], out["shift_probability"], out["category_probabilities"]
 
 
 def new_version(fingerprint: str) -> str:
@@ -104,10 +106,10 @@ def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.nda
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(list(pkg.OUTPUT_NAMES), feeds)
+    got = session.run(list(pkg.ALL_OUTPUT_NAMES), feeds)
     with torch.no_grad():
         want = [t.cpu().numpy() for t in serving(*(torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES))]
-    diffs = {name: float(np.abs(g - w).max()) for name, g, w in zip(pkg.OUTPUT_NAMES, got, want)}
+    diffs = {name: float(np.abs(g - w).max()) for name, g, w in zip(pkg.ALL_OUTPUT_NAMES, got, want)}
     if max(diffs.values()) > SCORE_TOLERANCE:
         raise ParityError(f"ONNX Runtime vs PyTorch max abs difference {diffs} > {SCORE_TOLERANCE}")
     if not top_k_agree(want[0], got[0]):
@@ -121,8 +123,8 @@ def export_onnx(serving: ServingModel, path: Path, max_len: int) -> None:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             serving, example, str(path), dynamo=False, opset_version=OPSET,
-            input_names=list(pkg.INPUT_NAMES), output_names=list(pkg.OUTPUT_NAMES),
-            dynamic_axes={n: {0: "batch"} for n in (*pkg.INPUT_NAMES, *pkg.OUTPUT_NAMES)},
+            input_names=list(pkg.INPUT_NAMES), output_names=list(pkg.ALL_OUTPUT_NAMES),
+            dynamic_axes={n: {0: "batch"} for n in (*pkg.INPUT_NAMES, *pkg.ALL_OUTPUT_NAMES)},
         )
 
 
@@ -170,7 +172,7 @@ def export_package(
         parity = check_parity(onnx_path, serving, feeds)
         sample = {n: feeds[n][:SAMPLE_USERS] for n in pkg.INPUT_NAMES}
         with torch.no_grad():
-            scores, probs, _ = serving(*(torch.from_numpy(sample[n]) for n in pkg.INPUT_NAMES))
+            scores, probs, _, shift, categories = serving(*(torch.from_numpy(sample[n]) for n in pkg.INPUT_NAMES))
         top_scores, top_idx = scores.topk(TOP_K, dim=1)
         manifest = pkg.Manifest(
             version=version,
@@ -191,11 +193,16 @@ def export_package(
                 "top10_item_ids": [[data.item_vocab[j] for j in row] for row in top_idx.tolist()],
                 "top10_scores": top_scores.tolist(),
                 "top10_probabilities": probs.gather(1, top_idx).tolist(),
+                "shift_probability": shift.tolist(),
+                "category_probabilities": categories.tolist(),
                 "tolerance": SCORE_TOLERANCE,
             },
             parent_version=parent_version,
             item_categories=list(data.item_categories or [""] * data.n_items),
             popular_items=[data.item_vocab[j] for j in popular_columns(data)],
+            categories=data.category_vocab(),
+            shift={"window": cfg.shift_window, "calibration": model.shift_cal.tolist(),
+                   "dest_mix": float(model.dest_mix), "beta": float(model.beta), "head": cfg.shift_weight > 0},
             data_source=data.source,
         )
         (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())

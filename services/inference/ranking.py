@@ -3,7 +3,7 @@ history and the current model. Plain values in and out; no gRPC here."""
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,11 @@ class Profile:
     interest: InterestProfile
     model_shift: float
     model_version: str
+    shift_probability: float = 0.0  # calibrated P(next event leaves the recent categories)
+    next_categories: list[tuple[str, float]] = field(default_factory=list)  # most likely first
+    shift_window: int = 0  # the events P(move) looks back on (the package's); 0 = not predicted
+
+NEXT_CATEGORIES = 10
 
 
 def check_user(user_id: str) -> None:
@@ -164,10 +169,17 @@ class Inference:
         runtime = self.registry.current()
         window = recent_window or self.default_recent_window
         interest = interest_profile(categories, [s.event_type for s in history], window)
-        shift = 0.0
-        if len(history) > window:
-            feeds = runtime.encode([history, history[-window:]])
-            if feeds["item_ids"][1].any():
-                _, _, user = runtime.run(feeds)
+        shift, p_move, upcoming = 0.0, 0.0, []
+        feeds = runtime.encode([history, history[-window:]])
+        if feeds["item_ids"][0].any():
+            _, _, user = runtime.run(feeds)
+            if len(history) > window and feeds["item_ids"][1].any():
                 shift = cosine_distance(user[0], user[1])
-        return Profile(interest, shift, runtime.version)
+            predicted = runtime.run_shift({name: value[:1] for name, value in feeds.items()})
+            if predicted is not None:
+                p_move = float(predicted[0][0])
+                row = predicted[1][0]
+                top = np.argsort(-row, kind="stable")[:NEXT_CATEGORIES]
+                upcoming = [(runtime.categories[c], float(row[c])) for c in top if row[c] > 0]
+        window_used = runtime.shift_window if runtime.has_shift else 0
+        return Profile(interest, shift, runtime.version, p_move, upcoming, window_used)

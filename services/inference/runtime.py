@@ -84,8 +84,16 @@ class ModelRuntime:
             raise PackageError(f"{self.package_dir}: cannot load model: {exc}") from exc
         self.provider = self.session.get_providers()[0]
         names = [o.name for o in self.session.get_outputs()]
-        if names != list(pkg.OUTPUT_NAMES) or [i.name for i in self.session.get_inputs()] != list(pkg.INPUT_NAMES):
+        if names not in (list(pkg.OUTPUT_NAMES), list(pkg.ALL_OUTPUT_NAMES)) or (
+                [i.name for i in self.session.get_inputs()] != list(pkg.INPUT_NAMES)):
             raise PackageError(f"{self.package_dir}: model inputs/outputs differ from the contract")
+        self.has_shift = names == list(pkg.ALL_OUTPUT_NAMES)  # packages from before the shift head: False
+        self.categories = list(getattr(self.manifest, "categories", None) or [])
+        if self.has_shift:
+            n_cat = self.session.get_outputs()[len(names) - 1].shape[-1]
+            if not self.categories or (isinstance(n_cat, int) and n_cat != len(self.categories)):
+                raise PackageError(f"{self.package_dir}: manifest categories do not match the model's outputs")
+        self.shift_window = int((getattr(self.manifest, "shift", None) or {}).get("window", 0))
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, histories: Sequence[Sequence[Step]]) -> dict[str, np.ndarray]:
@@ -114,6 +122,14 @@ class ModelRuntime:
         scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
         return scores, probabilities, user
 
+    def run_shift(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(shift_probability (B,), category_probabilities (B, C)), or None for a package
+        without the shift outputs."""
+        if not self.has_shift:
+            return None
+        shift, categories = self.session.run(list(pkg.SHIFT_OUTPUT_NAMES), feeds)
+        return shift, categories
+
     def warm_up(self) -> None:
         """First runs allocate and tune; do them before taking traffic."""
         for batch in (1, 8):
@@ -140,4 +156,13 @@ class ModelRuntime:
                 raise PackageError(f"{self.package_dir}: parity: score differs by {worst:.2e}")
             if not np.allclose(scores[row, top], expected_scores[row], atol=tolerance, rtol=0):
                 raise PackageError(f"{self.package_dir}: parity: top-10 differs from the manifest")
+        shift = self.run_shift(feeds)
+        if shift is not None:
+            for name, got in zip(pkg.SHIFT_OUTPUT_NAMES, shift):
+                if name not in sample:
+                    raise PackageError(f"{self.package_dir}: manifest parity sample lacks {name}")
+                diff = float(np.abs(got - np.asarray(sample[name], dtype=np.float32)).max())
+                if diff > tolerance:
+                    raise PackageError(f"{self.package_dir}: parity: {name} differs by {diff:.2e}")
+                worst = max(worst, diff)
         return worst

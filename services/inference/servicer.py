@@ -95,4 +95,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             fading=_interests(interest.fading),
             model_shift=result.model_shift,
             model_version=result.model_version,
+            shift_probability=result.shift_probability,
+            next_categories=_interests(result.next_categories),
+            shift_window=result.shift_window,
         )

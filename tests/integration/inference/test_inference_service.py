@@ -1,16 +1,19 @@
 """InferenceService over real gRPC with a real FeatureService and a model trained from the store:
 recommendations, probabilities, profiles, fallbacks, bad input and hot reload."""
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.features.server import build_server as build_features
 from services.inference.server import SERVICE_NAME
+from services.inference.runtime import ModelRuntime, PackageError, Step
 from services.inference.server import build_server as build_inference
 from shared import model_package as pkg
 from shared.clients import open_channel
@@ -104,6 +107,41 @@ def test_interest_profile_shapes(inference, pipeline) -> None:  # type: ignore[n
     assert sum(c.weight for c in profile.recent) == pytest.approx(1.0, abs=1e-5)
     assert 0.0 <= profile.drift_score <= 1.0 and 0.0 <= profile.model_shift <= 1.0
     assert profile.model_version == "v1"
+
+
+def test_interest_profile_predicts_the_move_and_the_next_categories(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+    stub, server = inference
+    runtime = server.registry.current()
+    categories = set(runtime.categories)
+    for user in pipeline.users[:20]:
+        profile = stub.GetInterestProfile(inference_pb2.GetInterestProfileRequest(user_id=user), timeout=5)
+        assert 0.0 <= profile.shift_probability <= 1.0
+        assert profile.shift_window == 5 == runtime.shift_window
+        weights = [c.weight for c in profile.next_categories]
+        assert 1 <= len(weights) <= 10 and weights == sorted(weights, reverse=True)
+        assert {c.category for c in profile.next_categories} <= categories
+        # the served numbers are the package's outputs for this history, as the harness evaluates them
+        store = open_store(pipeline.database_url, migrate=False)
+        steps = [Step(h.event.item_id, h.event.event_type, h.event.occurred_at_us)
+                 for h in store.recent_history(user, 200)]
+        store.engine.dispose()
+        shift, next_categories = runtime.run_shift(runtime.encode([steps]))
+        assert profile.shift_probability == pytest.approx(float(shift[0]), abs=1e-6)
+        assert weights[0] == pytest.approx(float(next_categories[0].max()), abs=1e-6)
+
+
+def test_a_package_whose_shift_outputs_disagree_with_its_manifest_is_refused(pipeline, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = pkg.resolve_package(pipeline.model_dir)
+    assert ModelRuntime(source, device="cpu").check_parity() <= 1e-4  # the published package holds parity
+    for name in pkg.SHIFT_OUTPUT_NAMES:
+        bad = tmp_path / name
+        shutil.copytree(source, bad)
+        manifest = json.loads((bad / pkg.MANIFEST_FILE).read_text())
+        sample = np.asarray(manifest["parity_sample"][name])
+        manifest["parity_sample"][name] = (sample + 0.01).tolist()
+        (bad / pkg.MANIFEST_FILE).write_text(json.dumps(manifest))
+        with pytest.raises(PackageError, match=f"parity: {name}"):
+            ModelRuntime(bad, device="cpu").check_parity()
 
 
 @pytest.mark.parametrize(
