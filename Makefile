@@ -8,7 +8,7 @@ GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-train report-train bench-transfer bench-drift soak clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-quality bench-train report-train bench-transfer bench-drift bench-migration soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start it
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
+
+bench-migration: setup  ## P(move) AUC/ECE, destinations, moved vs stayed NDCG: model, model before, baselines (resumable)
+	$(BIN)/python -m tests.bench.migration --datasets $(DATASETS) --out var/bench/migration.json
 
 soak: setup  ## Recommend 200/s + 10,000 events/s for SOAK_MINUTES (default 10): errors, p99, memory growth
 	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --out var/bench/soak.json
