@@ -15,8 +15,8 @@ import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import create_engine, make_url, text
 
+from app.processes import ServiceProcess
 from shared.clients import open_channel
-from shared.processes import ServiceProcess
 from shared.store import EventRecord, EventStore, create_store_engine, upgrade_schema
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from tests.bench.common import print_table, write_json

@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
 from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.bench.common import print_table, write_json
 
@@ -147,7 +147,7 @@ def main() -> None:
     users = [domain.user_names.get(u, str(u)) for u in domain.sequences]
     load_rows = []
     with running_stack(url, models) as stack:
-        from services.ingestion.importer import import_records
+        from app.importer import import_records
 
         import_records(stack.ingestion.target, s3rec_events(domain), s3rec_items(domain), progress=False)
         if pkg.latest_version(models) is None:

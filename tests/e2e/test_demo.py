@@ -5,7 +5,7 @@ import re
 import socket
 import subprocess
 
-from shared.processes import shiftrec_command
+from app.processes import shiftrec_command
 
 
 def test_demo_detects_the_planted_shifts_and_draws_the_chart(tmp_path) -> None:  # type: ignore[no-untyped-def]

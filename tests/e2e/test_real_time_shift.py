@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
+from app.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.clients import open_channel
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
-from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.store import EventRecord
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.e2e.services import write_config

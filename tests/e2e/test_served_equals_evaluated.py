@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
 from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.datasets import read_s3rec
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import require_datasets
 from tests.e2e.services import write_config

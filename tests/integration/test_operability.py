@@ -10,9 +10,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app.processes import free_port
 from services.ingestion.server import build_server
 from shared.clients import ClientConfig, open_channel
-from shared.processes import free_port
 from shared.settings import Settings
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord, open_store
 from tests.reliability.helpers import LEDGER
 

@@ -23,8 +23,8 @@ from typing import Any, Self
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 
+from app.processes import free_port, wait_serving
 from shared import model_package as pkg
-from shared.processes import free_port, wait_serving
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import open_store
 from tests.bench.common import print_table, write_json
 from tests.reliability.helpers import Proc, publish_copy

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from shared.cli import build_parser
+from app.cli import build_parser
 from shared.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import open_store
 
 TINY_MODEL = {"dim": 16, "n_layers": 1, "max_len": 20}

@@ -129,7 +129,7 @@ def test_bad_requests_are_invalid_argument(inference, call, field) -> None:  # t
 
 
 def test_features_down_falls_back_within_the_deadline(serve_in_process, pipeline) -> None:  # type: ignore[no-untyped-def]
-    from shared.processes import free_port
+    from app.processes import free_port
 
     dead = free_port()  # nothing listens there
     server = serve_in_process(lambda: build_inference(

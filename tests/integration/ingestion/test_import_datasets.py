@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
 from services.ingestion.server import build_server
 from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
 from shared.settings import Settings

@@ -134,7 +134,7 @@ def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
 def test_cli_init_from_an_empty_model_dir_trains_from_scratch_then_fine_tunes(tiny_dir, tmp_path):
     """The scheduled job runs `shiftrec train --out D --init-from D`: the first run has nothing
     to start from and trains from scratch; the next one fine-tunes from what the first published."""
-    from shared.cli import main as cli
+    from app.cli import main as cli
 
     models = tmp_path / "models"
     config = tmp_path / "tiny.json"

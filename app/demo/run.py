@@ -10,13 +10,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.ingestion.importer import import_records
+from app.demo.chart import ShopperTimeline, draw
+from app.importer import import_records
+from app.processes import run_cli, running_stack
+from app.simulator import DAY_US, MINUTE_US, StorefrontSimulator
 from shared.clients import open_channel
 from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
-from shared.demo.chart import ShopperTimeline, draw
-from shared.processes import run_cli, running_stack
 from shared.protos import timestamp_us
-from shared.simulator import DAY_US, MINUTE_US, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord
 from shiftrec.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc
 
