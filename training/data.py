@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.encoding import encode_events, item_index, pad_left
 from shared.store import EventRecord, ItemRecord
 
 HOLDOUT_TEST = "test"  # literature: last event = test target, second-to-last = validation
 HOLDOUT_SERVING = "serving"  # for serving: last event = validation target, nothing else held out
-N_EVENT_TYPES = 7  # 0 padding, 1 view .. 6 review
 
 
 @dataclass
@@ -114,7 +114,7 @@ def from_records(
         per_user[event.user_id].append(event)
     records = {item.item_id: item for item in catalogue}
     item_vocab = sorted({e.item_id for evs in per_user.values() for e in evs} | set(records))
-    item_index = {item: i + 1 for i, item in enumerate(item_vocab)}
+    index = item_index(item_vocab)
 
     item_tag_names = []
     for item in item_vocab:
@@ -134,9 +134,10 @@ def from_records(
     items, types, times = [], [], []
     for user in users:
         evs = sorted(per_user[user], key=lambda e: e.occurred_at_us)  # stable
-        items.append(np.array([item_index[e.item_id] for e in evs], dtype=np.int64))
-        types.append(np.array([e.event_type for e in evs], dtype=np.int64).clip(0, N_EVENT_TYPES - 1))
-        times.append(np.array([e.occurred_at_us // 1_000_000 for e in evs], dtype=np.int64))
+        user_items, user_types, user_times = encode_events(evs, index)
+        items.append(user_items)
+        types.append(user_types)
+        times.append(user_times)
     return SequenceData(item_vocab, titles, tag_vocab, item_tags, users, items, types, times,
                         holdout, source, categories)
 
@@ -163,16 +164,6 @@ def load_store(database_url: str, *, holdout: str = HOLDOUT_SERVING) -> Sequence
     store = EventStore(create_store_engine(database_url))
     events = (event for event, _seq in store.iter_events())
     return from_records(events, store.all_items(), holdout=holdout, source="store")
-
-
-def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """(len(seqs), max_len) int64, each sequence's last max_len values right-aligned, 0 before."""
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        tail = seq[-max_len:]
-        if len(tail):
-            out[row, max_len - len(tail):] = tail
-    return out
 
 
 @dataclass

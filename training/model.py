@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.model_package import N_EVENT_TYPES
+
 NEG_INF = -1e9  # additive mask value; finite so that fully-masked rows cannot produce NaN
 
 
@@ -42,7 +44,7 @@ NEG_INF = -1e9  # additive mask value; finite so that fully-masked rows cannot p
 class ModelConfig:
     n_items: int = 0  # catalogue size, set from the data (item index 0 = padding)
     n_tags: int = 0  # tag vocabulary size, set from the data (tag index 0 = padding)
-    n_event_types: int = 7  # 0 padding, 1 view .. 6 review
+    n_event_types: int = N_EVENT_TYPES  # 0 padding, then shiftrec.v1.EventType
     max_len: int = 50  # events seen per user; the fixed ONNX input length
     dim: int = 128  # hidden size D (with text: 128 beat 64 on Beauty, NDCG@10 0.0565 vs 0.0538)
     n_layers: int = 2

@@ -71,7 +71,8 @@ def id_ok(value: str, required: bool = True) -> bool:
 def event_ok(e: common_pb2.Event, now_us: int) -> bool:
     if not (id_ok(e.event_id) and id_ok(e.user_id) and id_ok(e.item_id)):
         return False
-    if e.type not in range(1, 7) or not e.HasField("occurred_at"):
+    if e.type not in set(common_pb2.EventType.values()) - {common_pb2.EVENT_TYPE_UNSPECIFIED} \
+            or not e.HasField("occurred_at"):
         return False
     if not 0 <= e.occurred_at.nanos <= 999_999_999:
         return False

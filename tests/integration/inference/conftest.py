@@ -31,7 +31,7 @@ def train_package(database_url: str, model_dir: Path, epochs: int = 2, version: 
     return Path(report["package"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # read-only for every test here: trained once
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("pipeline")
     url = f"sqlite:///{root / 'store.db'}"
