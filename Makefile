@@ -49,13 +49,13 @@ bench-quality: setup  ## served = evaluated: import (holdout 1), train from the 
 	$(BIN)/python -m tests.bench.quality --datasets $(DATASETS) --out var/bench/quality.json
 
 bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU; --device cuda on a GPU box)
-	$(BIN)/python -m training.bench --datasets $(DATASETS) --out var/bench/train.json
+	$(BIN)/python -m training.experiments.bench --datasets $(DATASETS) --out var/bench/train.json
 
 report-train: setup  ## quality table: Beauty + Sports, model 3 seeds, ablation 1, baselines (resumable; ~1.75 h on 2 cores)
-	$(BIN)/python -m training.report --datasets $(DATASETS) --seeds 3 --ablation-seeds 1 --out var/reports/training
+	$(BIN)/python -m training.experiments.report --datasets $(DATASETS) --seeds 3 --ablation-seeds 1 --out var/reports/training
 
 bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start items, temporal fine-tune, shared shoppers
-	$(BIN)/python -m training.transfer --datasets $(DATASETS) --out var/bench/transfer.json
+	$(BIN)/python -m training.experiments.transfer --datasets $(DATASETS) --out var/bench/transfer.json
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json

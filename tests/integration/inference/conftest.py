@@ -24,10 +24,10 @@ def train_package(database_url: str, model_dir: Path, epochs: int = 2, version: 
     """Train the tiny model from the store and publish it into `model_dir`."""
     pytest.importorskip("torch")
     from training.data import load_store
-    from training.train import main
+    from training.train import RunOptions, main
 
-    report = main(data=load_store(database_url), out=str(model_dir), overrides=TINY_MODEL,
-                  epochs=epochs, device="cpu", progress=False, version=version)
+    report = main(data=load_store(database_url), out=str(model_dir),
+        run=RunOptions(overrides=TINY_MODEL, epochs=epochs, device="cpu", progress=False, version=version))
     return Path(report["package"])
 
 
