@@ -33,11 +33,12 @@ protos: $(GEN_STAMP)  ## generate Python code and .pyi stubs from protos/ into g
 demo: setup  ## the whole pipeline end to end on embedded defaults (DATA=path for real data)
 	$(BIN)/shiftrec demo $(if $(DATA),--data $(DATA))
 
-test: setup  ## run the whole test suite
+test: lint  ## ruff and mypy, then the whole test suite
 	$(BIN)/python -m pytest -q tests
 
-lint: setup  ## ruff
-	$(BIN)/ruff check services training shared tests
+lint: setup  ## ruff over the code and tests; mypy over services/, shared/ and app/ (pyproject.toml)
+	$(BIN)/ruff check services training shared app tests
+	$(BIN)/mypy
 
 bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the raw insert rate
 	$(BIN)/python -m tests.bench.ingest --out var/bench/ingest.json
@@ -64,4 +65,4 @@ soak: setup  ## Recommend 200/s + 10,000 events/s for SOAK_MINUTES (default 10):
 	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --out var/bench/soak.json
 
 clean:  ## remove generated code, the virtualenv and local data
-	rm -rf gen $(VENV) var .pytest_cache
+	rm -rf gen $(VENV) var .pytest_cache .mypy_cache

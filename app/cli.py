@@ -3,10 +3,14 @@
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from shared.clients import ClientConfig
-from shared.grpc_server import serve
+from shared.grpc_server import Server, serve
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from app.importer import ImportReport
 
 DEFAULT_DATASETS = "../shared/datasets"
 SERVICES = ("ingestion", "features", "inference")
@@ -20,6 +24,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    build_server: Callable[[Settings, int | None], Server]
     if args.service == "ingestion":
         from services.ingestion.server import build_server
     elif args.service == "features":
@@ -40,7 +45,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report) -> int:  # type: ignore[no-untyped-def]
+def _print_report(report: "ImportReport") -> int:
     print(
         f"items upserted: {report.items_upserted}  events accepted: {report.accepted}  "
         f"duplicates: {report.duplicates}  rejected: {report.rejected}"

@@ -6,6 +6,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.data import SequenceData
 
 DEFAULT_DATASETS = "../shared/datasets"
 
@@ -60,7 +64,7 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
                              "auto: serving for --database-url, test for --data")
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> "SequenceData":
     from training.data import HOLDOUT_SERVING, HOLDOUT_TEST, load_files, load_store
 
     if not args.data and not args.database_url:

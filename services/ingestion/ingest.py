@@ -132,12 +132,13 @@ class Ingestor:
             elif event.event_id in valid:
                 results.append(EventResult(event.event_id, Outcome.DUPLICATE))
             else:
+                assert event.occurred_at_us is not None  # event_problems reports a missing time
                 valid[event.event_id] = EventRecord(
                     event.event_id,
                     event.user_id,
                     event.item_id,
                     event.event_type,
-                    event.occurred_at_us,  # type: ignore[arg-type]
+                    event.occurred_at_us,
                     event.platform,
                     event.value,
                 )

@@ -72,7 +72,7 @@ async def offered_load(target: str, users: list[str], rate: float, seconds: floa
     }
 
 
-def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def time_call(fn, repeats: int) -> float:
     """Median milliseconds of `fn()` after two warm-up calls."""
     fn()
     fn()
@@ -84,7 +84,7 @@ def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
-def eager_model(package_dir: Path, manifest: pkg.Manifest):  # type: ignore[no-untyped-def]
+def eager_model(package_dir: Path, manifest: pkg.Manifest):
     """The package's PyTorch weights as the same serving module the ONNX file was exported from."""
     from training.export import ServingModel, load_weights
     from training.model import ModelConfig, ShiftRec

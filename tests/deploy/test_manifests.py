@@ -99,7 +99,7 @@ def argv(container: Obj) -> list[str]:
     return full[1:]
 
 
-def parse_cli(args: list[str]):  # type: ignore[no-untyped-def]
+def parse_cli(args: list[str]):
     """build_parser().parse_args(args); a usage error becomes an AssertionError with the message."""
     err = io.StringIO()
     try:

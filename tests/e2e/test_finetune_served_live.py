@@ -23,7 +23,7 @@ NEW_ITEM = ItemRecord(item_id="skincare-new-serum", title="Skincare vitamin C se
                       tags=("skincare",))
 
 
-def test_a_fine_tuned_package_is_served_live(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_fine_tuned_package_is_served_live(tmp_path) -> None:
     pytest.importorskip("torch")
     simulator = StorefrontSimulator(seed=5, items_per_category=20)
     now = time.time_ns() // 1_000

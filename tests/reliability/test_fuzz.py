@@ -205,7 +205,7 @@ def start_stack(database_url: str, model_dir: Path | None) -> Stack:
     loop = BackgroundLoop()
     servers: list[Any] = []
 
-    def serve(build):  # type: ignore[no-untyped-def]
+    def serve(build):
         server = loop.run(build)
         loop.run(server.start)
         servers.append(server)
@@ -226,13 +226,13 @@ def start_stack(database_url: str, model_dir: Path | None) -> Stack:
     mirror = Mirror(EventStore(create_store_engine(database_url)))
     mirror.reload()
     return Stack(loop, servers, list(channels.values()), ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"]),
-                 features_pb2_grpc.FeatureServiceStub(channels["features"]) if "features" in channels else None,  # type: ignore[arg-type]
-                 inference_pb2_grpc.InferenceServiceStub(channels["inference"]) if "inference" in channels else None,  # type: ignore[arg-type]
+                 features_pb2_grpc.FeatureServiceStub(channels["features"]) if "features" in channels else None,
+                 inference_pb2_grpc.InferenceServiceStub(channels["inference"]) if "inference" in channels else None,
                  mirror, targets, vocab)
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("fuzz")
     # The store on tmpfs when there is one: fsync per commit is not what this suite measures.
     shm = Path(tempfile.mkdtemp(prefix="shiftrec-fuzz-", dir="/dev/shm")) if Path("/dev/shm").is_dir() else root
@@ -276,7 +276,7 @@ def summary(store: EventStore) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def call(rpc: str, fn, request) -> tuple[str, Any]:  # type: ignore[no-untyped-def]
+def call(rpc: str, fn, request) -> tuple[str, Any]:
     """(status code name, response or None); counts the request."""
     try:
         response = fn(request, timeout=30)

@@ -3,16 +3,22 @@ later run picks them up, and summarize the test metrics. Torch is imported insid
 are spawned processes)."""
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.data import SequenceData
+    from training.evaluation import RawEval
+    from training.train import Trained
 
 
-def load(spec: str):  # type: ignore[no-untyped-def]
+def load(spec: str) -> "SequenceData":
     from training.data import load_files
 
     return load_files(spec)
 
 
-def train_run(data, overrides: dict[str, Any], seed: int, threads: int, warm_start=None):  # type: ignore[no-untyped-def]
+def train_run(data: "SequenceData", overrides: dict[str, Any], seed: int, threads: int,
+              warm_start: dict[str, Any] | None = None) -> "Trained":
     from training.model import ModelConfig
     from training.train import TrainConfig, split_overrides, train
 
@@ -21,7 +27,7 @@ def train_run(data, overrides: dict[str, Any], seed: int, threads: int, warm_sta
     return train(data, ModelConfig(**model_over), cfg, progress=False, warm_start=warm_start)
 
 
-def save_state(trained, data, path: Path, pretrain: bool = False) -> None:  # type: ignore[no-untyped-def]
+def save_state(trained: "Trained", data: "SequenceData", path: Path, pretrain: bool = False) -> None:
     """The same dict as a package's weights file, so `load_warm_start` takes it."""
     import torch
 
@@ -37,7 +43,7 @@ def load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def ranks_on_test(trained, data):  # type: ignore[no-untyped-def]
+def ranks_on_test(trained: "Trained", data: "SequenceData") -> "RawEval":
     import torch
 
     from training import evaluation
@@ -47,7 +53,7 @@ def ranks_on_test(trained, data):  # type: ignore[no-untyped-def]
                               trained.model_cfg.max_len)
 
 
-def summary(trained, raw) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def summary(trained: "Trained", raw: "RawEval") -> dict[str, Any]:
     from training import evaluation
 
     history = trained.history
