@@ -836,4 +836,6 @@ def test_build_context_has_what_the_builder_copies() -> None:
     # Local state never enters the context (the builder regenerates gen/).
     for local in (".venv", "gen", "var", ".git", "shared/__pycache__/x.pyc"):
         assert dockerfile.is_ignored(local, rules), local
-    assert not dockerfile.is_ignored("shared/cli.py", rules)
+    assert not dockerfile.is_ignored("app/cli.py", rules)
+    for tooling in ("app/demo/run.py", "app/simulator.py", "app/processes.py"):
+        assert dockerfile.is_ignored(tooling, rules), tooling
