@@ -33,11 +33,12 @@ protos: $(GEN_STAMP)  ## generate Python code and .pyi stubs from protos/ into g
 demo: setup  ## the whole pipeline end to end on embedded defaults (DATA=path for real data)
 	$(BIN)/shiftrec demo $(if $(DATA),--data $(DATA))
 
-test: setup  ## run the whole test suite
+test: lint  ## ruff and mypy, then the whole test suite
 	$(BIN)/python -m pytest -q tests
 
-lint: setup  ## ruff
-	$(BIN)/ruff check services training shared tests
+lint: setup  ## ruff over the code and tests; mypy over services/, shared/ and app/ (pyproject.toml)
+	$(BIN)/ruff check services training shared app tests
+	$(BIN)/mypy
 
 bench-ingest: setup  ## events/s through gRPC into SQLite and PostgreSQL vs the raw insert rate
 	$(BIN)/python -m tests.bench.ingest --out var/bench/ingest.json
@@ -49,13 +50,13 @@ bench-quality: setup  ## served = evaluated: import (holdout 1), train from the 
 	$(BIN)/python -m tests.bench.quality --datasets $(DATASETS) --out var/bench/quality.json
 
 bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU; --device cuda on a GPU box)
-	$(BIN)/python -m training.bench --datasets $(DATASETS) --out var/bench/train.json
+	$(BIN)/python -m training.experiments.bench --datasets $(DATASETS) --out var/bench/train.json
 
 report-train: setup  ## quality table: Beauty + Sports, model 3 seeds, ablation 1, baselines (resumable; ~1.75 h on 2 cores)
-	$(BIN)/python -m training.report --datasets $(DATASETS) --seeds 3 --ablation-seeds 1 --out var/reports/training
+	$(BIN)/python -m training.experiments.report --datasets $(DATASETS) --seeds 3 --ablation-seeds 1 --out var/reports/training
 
 bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start items, temporal fine-tune, shared shoppers
-	$(BIN)/python -m training.transfer --datasets $(DATASETS) --out var/bench/transfer.json
+	$(BIN)/python -m training.experiments.transfer --datasets $(DATASETS) --out var/bench/transfer.json
 
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
@@ -67,4 +68,4 @@ soak: setup  ## Recommend 200/s + 10,000 events/s for SOAK_MINUTES (default 10):
 	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --out var/bench/soak.json
 
 clean:  ## remove generated code, the virtualenv and local data
-	rm -rf gen $(VENV) var .pytest_cache
+	rm -rf gen $(VENV) var .pytest_cache .mypy_cache

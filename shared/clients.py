@@ -98,7 +98,7 @@ class _SyncMetadata(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
 
-    def intercept_unary_unary(self, continuation, call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, call_details, request):
         metadata = [*(call_details.metadata or ()), *self.config.metadata()]
         return continuation(call_details._replace(metadata=metadata), request)
 
@@ -109,7 +109,7 @@ class _AioMetadata(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
 
-    async def intercept_unary_unary(self, continuation, call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, call_details, request):
         metadata = grpc.aio.Metadata(*(call_details.metadata or ()), *self.config.metadata())
         return await continuation(call_details._replace(metadata=metadata), request)
 

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,7 +29,7 @@ from shared.errors import (
     ShiftRecError,
     Unavailable,
 )
-from shared.logs import REQUEST_ID
+from shared.logs import REQUEST_ID, configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,14 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> "grpc.RpcMethodHandler[Any, Any] | None":  # quoted: subscriptable in the stubs only
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            self.wrap(handler.unary_unary, handler_call_details),
+            self.wrap(cast(Behaviour, handler.unary_unary), handler_call_details),
             request_deserializer=self.deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -340,3 +340,25 @@ def server_from_settings(settings: Settings, services: Iterable[Service], port: 
         health_port=settings.health_port,
         max_connection_age_seconds=settings.max_connection_age_seconds,
     )
+
+
+class Server(Protocol):
+    """What a service's build_server returns: GrpcServer, or a wrapper around one."""
+
+    async def start(self) -> None: ...
+
+    async def serve_until_signal(self) -> None: ...
+
+
+def serve(build_server: Callable[[Settings, int | None], Server], settings: Settings,
+          port: int | None = None) -> None:
+    """Configure logging from `settings`, then run the built server until SIGTERM or SIGINT
+    (what `shiftrec serve <service>` and `python -m services.<service>` do)."""
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        server = build_server(settings, port)
+        await server.start()
+        await server.serve_until_signal()
+
+    asyncio.run(run())

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shiftrec.v1 import common_pb2
+
 INPUT_ITEM_IDS = "item_ids"
 INPUT_EVENT_TYPES = "event_types"
 INPUT_TIMESTAMPS = "timestamps"
@@ -51,7 +53,13 @@ OUTPUT_CATEGORY_PROBABILITIES = "category_probabilities"
 SHIFT_OUTPUT_NAMES = (OUTPUT_SHIFT_PROBABILITY, OUTPUT_CATEGORY_PROBABILITIES)
 ALL_OUTPUT_NAMES = OUTPUT_NAMES + SHIFT_OUTPUT_NAMES
 
-PADDING_INDEX = 0
+PADDING_INDEX = 0  # in item_ids and event_types (EVENT_TYPE_UNSPECIFIED is never stored)
+# The event-type numbering is the proto enum's: name -> value, the unspecified 0 as padding.
+EVENT_TYPES = {
+    "padding" if value == PADDING_INDEX else name.removeprefix("EVENT_TYPE_").lower(): value
+    for name, value in common_pb2.EventType.items()
+}
+N_EVENT_TYPES = max(EVENT_TYPES.values()) + 1  # rows of the model's event-type embedding
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 CURVE_FILE = "training_curve.png"
@@ -89,12 +97,7 @@ class Manifest:
     output_names: list[str] = field(default_factory=lambda: list(ALL_OUTPUT_NAMES))
     padding: str = PADDING_DOC
     padding_index: int = PADDING_INDEX
-    event_types: dict[str, int] = field(
-        default_factory=lambda: {
-            "padding": 0, "view": 1, "click": 2, "add_to_cart": 3,
-            "purchase": 4, "favorite": 5, "review": 6,
-        }
-    )
+    event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPES))
     data_source: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -1,5 +1,7 @@
 """Conversions between shiftrec.v1 messages and domain records, used by servers and clients."""
 
+from typing import cast
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.store import EventRecord, ItemRecord
@@ -38,7 +40,7 @@ def event_to_proto(event: EventRecord) -> common_pb2.Event:
         event_id=event.event_id,
         user_id=event.user_id,
         item_id=event.item_id,
-        type=event.event_type,  # type: ignore[arg-type]
+        type=cast(common_pb2.EventType, event.event_type),
         occurred_at=timestamp_from_us(event.occurred_at_us),
         platform=event.platform,
     )

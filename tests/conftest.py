@@ -92,8 +92,8 @@ class BackgroundLoop:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def run(self, coro_or_fn, timeout: float = 30):  # type: ignore[no-untyped-def]
-        async def call():  # type: ignore[no-untyped-def]
+    def run(self, coro_or_fn, timeout: float = 30):
+        async def call():
             result = coro_or_fn() if callable(coro_or_fn) else coro_or_fn
             if asyncio.iscoroutine(result):
                 result = await result
@@ -114,11 +114,11 @@ def background_loop() -> Iterator[BackgroundLoop]:
 
 
 @pytest.fixture
-def serve_in_process(background_loop: BackgroundLoop) -> Iterator[Callable]:  # type: ignore[type-arg]
+def serve_in_process(background_loop: BackgroundLoop) -> Iterator[Callable]:
     """Start a GrpcServer built by `build()` on the background loop; returns the server."""
     servers = []
 
-    def start(build: Callable):  # type: ignore[no-untyped-def,type-arg]
+    def start(build: Callable):
         server = background_loop.run(build)
         background_loop.run(server.start)
         servers.append(server)

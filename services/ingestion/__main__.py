@@ -1,6 +1,8 @@
 """python -m services.ingestion: the same as `shiftrec serve ingestion`."""
 
-from shared.cli import main
+from services.ingestion.server import build_server
+from shared.grpc_server import serve
+from shared.settings import Settings
 
 if __name__ == "__main__":
-    raise SystemExit(main(["serve", "ingestion"]))
+    serve(build_server, Settings())

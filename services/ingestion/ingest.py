@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shared.errors import InvalidArgument
+from shared.model_package import N_EVENT_TYPES
 from shared.store import EventRecord, EventStore, ItemRecord
 from shared.store.store import Inserted
 from shared.validation import id_problem, number_problem, text_problem
 
-VALID_EVENT_TYPES = range(1, 7)  # shiftrec.v1.EventType VIEW .. REVIEW
+VALID_EVENT_TYPES = range(1, N_EVENT_TYPES)  # shiftrec.v1.EventType VIEW .. REVIEW
 EARLIEST_US = 631_152_000_000_000  # 1990-01-01T00:00:00Z
 FUTURE_SLACK_US = 5 * 60 * 1_000_000  # clocks of storefronts may run a little ahead
 MAX_TITLE_LENGTH = 2_000
@@ -131,12 +132,13 @@ class Ingestor:
             elif event.event_id in valid:
                 results.append(EventResult(event.event_id, Outcome.DUPLICATE))
             else:
+                assert event.occurred_at_us is not None  # event_problems reports a missing time
                 valid[event.event_id] = EventRecord(
                     event.event_id,
                     event.user_id,
                     event.item_id,
                     event.event_type,
-                    event.occurred_at_us,  # type: ignore[arg-type]
+                    event.occurred_at_us,
                     event.platform,
                     event.value,
                 )

@@ -81,7 +81,7 @@ class EventStore:
         # SQLite has one writer at a time; serialising writers here avoids lock timeouts.
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
 
-    def _insert(self, table: type[EventRow] | type[ItemRow] | type[ErasureRow]):  # type: ignore[no-untyped-def]
+    def _insert(self, table: type[EventRow] | type[ItemRow] | type[ErasureRow]) -> postgresql.Insert | sqlite.Insert:
         dialect = sqlite if self._dialect == "sqlite" else postgresql
         return dialect.insert(table)
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: tables and JSON results (processes: shared.processes)."""
+"""Helpers shared by the benchmarks: tables and JSON results (processes: app.processes)."""
 
 import json
 import os

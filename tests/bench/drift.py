@@ -20,7 +20,7 @@ from training.metrics import auc
 REVIEW = 6
 
 
-def samples(domain_dir: Path, domain: str, window: int, min_history: int, last_only: bool):  # type: ignore[no-untyped-def]
+def samples(domain_dir: Path, domain: str, window: int, min_history: int, last_only: bool):
     data = read_s3rec(domain_dir, domain)
     by_asin = {i.item_id: i.category for i in s3rec_items(data)}
     category = {s3: by_asin[data.item_names.get(s3, str(s3))] for s3 in data.item_names}

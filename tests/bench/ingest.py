@@ -15,8 +15,8 @@ import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import create_engine, make_url, text
 
+from app.processes import ServiceProcess
 from shared.clients import open_channel
-from shared.processes import ServiceProcess
 from shared.store import EventRecord, EventStore, create_store_engine, upgrade_schema
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from tests.bench.common import print_table, write_json
@@ -24,7 +24,7 @@ from tests.bench.common import print_table, write_json
 BASE_US = 1_700_000_000_000_000
 
 
-def run_threads(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+def run_threads(fn, n: int) -> float:
     """Run fn(0) .. fn(n - 1) in n threads; return the wall seconds until all are done."""
     threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
     start = time.perf_counter()
@@ -55,7 +55,7 @@ def to_request(batch: list[EventRecord]) -> ingestion_pb2.IngestEventsRequest:
     events = []
     for e in batch:
         message = common_pb2.Event(
-            event_id=e.event_id, user_id=e.user_id, item_id=e.item_id, type=e.event_type,  # type: ignore[arg-type]
+            event_id=e.event_id, user_id=e.user_id, item_id=e.item_id, type=e.event_type,
             occurred_at=Timestamp(seconds=e.occurred_at_us // 1_000_000), platform=e.platform,
         )
         if e.value is not None:
@@ -125,7 +125,7 @@ def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> 
     return len(events) / elapsed, stored
 
 
-def fresh_postgres(server_url: str) -> tuple[str, callable]:  # type: ignore[valid-type]
+def fresh_postgres(server_url: str) -> tuple[str, callable]:
     name = f"shiftrec_bench_{os.getpid()}_{time.monotonic_ns()}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

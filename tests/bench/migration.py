@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tests.bench.common import write_json
-from training.runs import load_results, run_tasks
+from training.experiments.runs import load_results, run_tasks
 
 WINDOW = 5
 COLUMNS = (("AUC_move", "AUC"), ("ECE_move", "ECE"), ("dest_top1", "dest top-1"), ("dest_top3", "dest top-3"),
@@ -88,7 +88,7 @@ def baseline_rows(data: Any) -> dict[str, dict[str, float]]:
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One task in a worker: the baselines of a domain, or one training run."""
     from training.data import load_files
-    from training.train import main
+    from training.train import RunOptions, main
 
     started = time.perf_counter()
     data = load_files(task["spec"], categories=task["categories"])
@@ -96,7 +96,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     if task["variant"] == "baselines":
         out["rows"] = baseline_rows(data)
     else:
-        report = main(data=data, out=None, overrides=task["overrides"], seed=task["seed"], progress=False)
+        report = main(data=data, out=None,
+                      run=RunOptions(overrides=task["overrides"], seed=task["seed"], progress=False))
         out |= {"migration": report["migration"], "fit": report["migration_fit"],
                 "metrics": report["metrics"], "best_epoch": report["best_epoch"],
                 "train_seconds": report["train_seconds"]}

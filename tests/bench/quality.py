@@ -17,11 +17,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
+from app.processes import run_cli, running_stack
 from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
-from shared.processes import run_cli, running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.bench.common import print_table, write_json
 from tests.bench.ingest import fresh_postgres

@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
 from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.bench.common import print_table, write_json
 
@@ -72,7 +72,7 @@ async def offered_load(target: str, users: list[str], rate: float, seconds: floa
     }
 
 
-def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def time_call(fn, repeats: int) -> float:
     """Median milliseconds of `fn()` after two warm-up calls."""
     fn()
     fn()
@@ -84,7 +84,7 @@ def time_call(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
-def eager_model(package_dir: Path, manifest: pkg.Manifest):  # type: ignore[no-untyped-def]
+def eager_model(package_dir: Path, manifest: pkg.Manifest):
     """The package's PyTorch weights as the same serving module the ONNX file was exported from."""
     from training.export import ServingModel, load_weights
     from training.model import ModelConfig, ShiftRec
@@ -147,7 +147,7 @@ def main() -> None:
     users = [domain.user_names.get(u, str(u)) for u in domain.sequences]
     load_rows = []
     with running_stack(url, models) as stack:
-        from services.ingestion.importer import import_records
+        from app.importer import import_records
 
         import_records(stack.ingestion.target, s3rec_events(domain), s3rec_items(domain), progress=False)
         if pkg.latest_version(models) is None:

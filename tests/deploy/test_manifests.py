@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared.cli import build_parser
+from app.cli import build_parser
 from shared.settings import Settings
 from tests.deploy import dockerfile, kustomize
 
@@ -99,7 +99,7 @@ def argv(container: Obj) -> list[str]:
     return full[1:]
 
 
-def parse_cli(args: list[str]):  # type: ignore[no-untyped-def]
+def parse_cli(args: list[str]):
     """build_parser().parse_args(args); a usage error becomes an AssertionError with the message."""
     err = io.StringIO()
     try:
@@ -616,7 +616,7 @@ def test_training_cronjob_fine_tunes_and_publishes(name: str) -> None:
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_training_args_parse_with_the_cli(name: str) -> None:
-    pytest.importorskip("training.cli", reason="training CLI not importable here")
+    pytest.importorskip("app.training_cli", reason="training CLI not importable here")
     _, container = cronjobs_running(rendered(name), "train")[0]
     parsed = parse_cli(argv(container))
     assert parsed.command == "train"
@@ -775,14 +775,16 @@ def test_serving_images_serve_their_role_without_torch(target: str) -> None:
 
 
 def test_serving_code_runs_without_the_train_extra() -> None:
-    """The serving images lack torch/onnx/matplotlib: `serve <role>` must not import them."""
+    """The serving images lack torch/onnx/matplotlib, the trainer and the local tooling:
+    `serve <role>` must not import them."""
+    not_served = ["training", "app.training_cli", "app.demo", "app.simulator", "app.processes"]
     train_only = [re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("-", "_") for d in
                   tomllib.loads((REPO / "pyproject.toml").read_text())
                   ["project"]["optional-dependencies"]["train"]]
     code = (
         "import sys\n"
-        f"for m in {train_only!r}: sys.modules[m] = None\n"
-        "from shared.cli import build_parser\n"
+        f"for m in {train_only + not_served!r}: sys.modules[m] = None\n"
+        "from app.cli import build_parser\n"
         f"for role in {ROLES!r}:\n"
         "    build_parser().parse_args(['serve', role])\n"
         "    __import__(f'services.{role}.server')\n"
@@ -834,4 +836,6 @@ def test_build_context_has_what_the_builder_copies() -> None:
     # Local state never enters the context (the builder regenerates gen/).
     for local in (".venv", "gen", "var", ".git", "shared/__pycache__/x.pyc"):
         assert dockerfile.is_ignored(local, rules), local
-    assert not dockerfile.is_ignored("shared/cli.py", rules)
+    assert not dockerfile.is_ignored("app/cli.py", rules)
+    for tooling in ("app/demo/run.py", "app/simulator.py", "app/processes.py"):
+        assert dockerfile.is_ignored(tooling, rules), tooling

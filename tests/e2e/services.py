@@ -1,4 +1,4 @@
-"""Helpers of the end-to-end tests (the process machinery itself is shared.processes)."""
+"""Helpers of the end-to-end tests (the process machinery itself is app.processes)."""
 
 import json
 from pathlib import Path

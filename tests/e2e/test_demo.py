@@ -5,10 +5,10 @@ import re
 import socket
 import subprocess
 
-from shared.processes import shiftrec_command
+from app.processes import shiftrec_command
 
 
-def test_demo_detects_the_planted_shifts_and_draws_the_chart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_detects_the_planted_shifts_and_draws_the_chart(tmp_path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run([shiftrec_command(), "demo", "--out", str(out)], capture_output=True, text=True,
                           timeout=900, check=False)

@@ -9,11 +9,11 @@ import time
 import grpc
 import pytest
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
+from app.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.clients import open_channel
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
-from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.e2e.services import write_config
@@ -23,7 +23,7 @@ NEW_ITEM = ItemRecord(item_id="skincare-new-serum", title="Skincare vitamin C se
                       tags=("skincare",))
 
 
-def test_a_fine_tuned_package_is_served_live(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_fine_tuned_package_is_served_live(tmp_path) -> None:
     pytest.importorskip("torch")
     simulator = StorefrontSimulator(seed=5, items_per_category=20)
     now = time.time_ns() // 1_000

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.processes import free_port, shiftrec_command, wait_serving
+from app.processes import free_port, shiftrec_command, wait_serving
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
+from app.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.clients import open_channel
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
-from shared.simulator import DAY_US, MINUTE_US, VIEW, StorefrontSimulator
 from shared.store import EventRecord
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.e2e.services import write_config
@@ -23,7 +23,7 @@ def categories_of(items: list[str]) -> Counter[str]:
     return Counter(item.rsplit("-", 1)[0] for item in items)
 
 
-def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -> None:
     pytest.importorskip("torch")
     simulator = StorefrontSimulator(seed=11, items_per_category=20)
     now = time.time_ns() // 1_000
@@ -38,7 +38,7 @@ def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -
         stack.inference.wait_serving()
 
         # The most single-minded shopper: the largest share of events in one category.
-        def focus(s):  # type: ignore[no-untyped-def]
+        def focus(s):
             return categories_of([e.item_id for e in s.events]).most_common(1)[0][1] / len(s.events)
 
         shopper = max(shoppers, key=focus)
@@ -50,7 +50,7 @@ def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -
         with open_channel(stack.inference.target) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
-            def snapshot():  # type: ignore[no-untyped-def]
+            def snapshot():
                 recs = stub.Recommend(inference_pb2.RecommendRequest(user_id=shopper.user_id, k=10), timeout=5)
                 profile = stub.GetInterestProfile(
                     inference_pb2.GetInterestProfileRequest(user_id=shopper.user_id, recent_window=8), timeout=5)

@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 
+from app.processes import run_cli as shiftrec
+from app.processes import running_stack
 from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.datasets import read_s3rec
-from shared.processes import run_cli as shiftrec
-from shared.processes import running_stack
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import require_datasets
 from tests.e2e.services import write_config
@@ -27,7 +27,7 @@ N_USERS = 300
 TINY = {"dim": 32, "n_layers": 1, "max_len": 20}
 
 
-def write_subset(source, domain: str, users: int, out) -> None:  # type: ignore[no-untyped-def]
+def write_subset(source, domain: str, users: int, out) -> None:
     """The first `users` users of a domain in the same file format (items/attributes kept)."""
     for suffix in (".txt", "_timestamps.txt"):
         lines = (source / f"{domain}{suffix}").read_text().splitlines()[:users]
@@ -36,7 +36,7 @@ def write_subset(source, domain: str, users: int, out) -> None:  # type: ignore[
         (out / f"{domain}{suffix}").write_bytes((source / f"{domain}{suffix}").read_bytes())
 
 
-def test_served_metrics_equal_offline_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_served_metrics_equal_offline_metrics(tmp_path) -> None:
     pytest.importorskip("torch")
     from training.data import HOLDOUT_TEST, load_files
     from training.evaluation import evaluate_package

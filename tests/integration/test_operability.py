@@ -10,9 +10,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app.processes import free_port
 from services.ingestion.server import build_server
 from shared.clients import ClientConfig, open_channel
-from shared.processes import free_port
 from shared.settings import Settings
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
@@ -36,7 +36,7 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
-def test_metrics_count_rpcs_by_code_and_events_by_outcome(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_count_rpcs_by_code_and_events_by_outcome(serve_in_process, sqlite_url) -> None:
     metrics_port = free_port()
     settings = Settings(database_url=sqlite_url, metrics_port=metrics_port, max_batch_size=10)
     server = serve_in_process(lambda: build_server(settings, port=0))
@@ -59,7 +59,7 @@ def test_metrics_count_rpcs_by_code_and_events_by_outcome(serve_in_process, sqli
     assert after[latency] - before.get(latency, 0) == 3
 
 
-def test_request_id_is_echoed_or_made_up(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_request_id_is_echoed_or_made_up(serve_in_process, sqlite_url) -> None:
     server = serve_in_process(lambda: build_server(Settings(database_url=sqlite_url), port=0))
     with open_channel(f"127.0.0.1:{server.port}") as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
@@ -69,7 +69,7 @@ def test_request_id_is_echoed_or_made_up(serve_in_process, sqlite_url) -> None: 
         assert len(dict(call.initial_metadata())["x-request-id"]) == 32
 
 
-def test_bearer_token_guards_storefront_rpcs_not_health(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_bearer_token_guards_storefront_rpcs_not_health(serve_in_process, sqlite_url) -> None:
     server = serve_in_process(lambda: build_server(Settings(database_url=sqlite_url, auth_token="s3cret"), port=0))
     store = EventStore(create_store_engine(sqlite_url))
     target = f"127.0.0.1:{server.port}"
@@ -106,7 +106,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_tls_server(serve_in_process, sqlite_url, pki) -> None:  # type: ignore[no-untyped-def]
+def test_tls_server(serve_in_process, sqlite_url, pki) -> None:
     settings = Settings(database_url=sqlite_url, tls_cert_file=str(pki / "server.pem"),
                         tls_key_file=str(pki / "server.key"))
     server = serve_in_process(lambda: build_server(settings, port=0))
@@ -120,7 +120,7 @@ def test_tls_server(serve_in_process, sqlite_url, pki) -> None:  # type: ignore[
     assert EventStore(create_store_engine(sqlite_url)).count_events() == 1
 
 
-def test_mutual_tls_requires_a_client_certificate(serve_in_process, sqlite_url, pki) -> None:  # type: ignore[no-untyped-def]
+def test_mutual_tls_requires_a_client_certificate(serve_in_process, sqlite_url, pki) -> None:
     settings = Settings(database_url=sqlite_url, tls_cert_file=str(pki / "server.pem"),
                         tls_key_file=str(pki / "server.key"), tls_ca_file=str(pki / "ca.pem"))
     server = serve_in_process(lambda: build_server(settings, port=0))
@@ -136,7 +136,7 @@ def test_mutual_tls_requires_a_client_certificate(serve_in_process, sqlite_url, 
     assert EventStore(create_store_engine(sqlite_url)).count_events() == 1
 
 
-def test_tls_server_keeps_a_plaintext_health_port_for_probes(serve_in_process, sqlite_url, pki) -> None:  # type: ignore[no-untyped-def]
+def test_tls_server_keeps_a_plaintext_health_port_for_probes(serve_in_process, sqlite_url, pki) -> None:
     health_port = free_port()
     settings = Settings(database_url=sqlite_url, tls_cert_file=str(pki / "server.pem"),
                         tls_key_file=str(pki / "server.key"), health_port=health_port)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord, open_store
 from tests.reliability.helpers import LEDGER
 
@@ -46,6 +46,7 @@ class TinyWorld:
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     pytest.importorskip("torch")
     from training.data import load_store
+    from training.train import RunOptions
     from training.train import main as train
 
     root = tmp_path_factory.mktemp("tiny-world")
@@ -55,8 +56,8 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     events = [e for s in shoppers for e in s.events]
     world = TinyWorld(root / "store.db", Path(), simulator.catalogue(), events, [s.user_id for s in shoppers])
     url = world.seed(f"sqlite:///{world.store_file}")
-    report = train(data=load_store(url), out=str(root / "models"), overrides=TINY_MODEL, epochs=1,
-                   device="cpu", progress=False, version="v1")
+    report = train(data=load_store(url), out=str(root / "models"),
+        run=RunOptions(overrides=TINY_MODEL, epochs=1, device="cpu", progress=False, version="v1"))
     world.package = Path(report["package"])
     return world
 

@@ -23,8 +23,8 @@ from typing import Any, Self
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 
+from app.processes import free_port, wait_serving
 from shared import model_package as pkg
-from shared.processes import free_port, wait_serving
 from shared.store import EventStore, create_store_engine
 from shiftrec.v1 import common_pb2
 
@@ -279,7 +279,7 @@ NOW_S = int(time.time())
 
 
 def event(event_id: str, user: str, item: str, seconds: int | None = None, event_type: int = 1) -> common_pb2.Event:
-    return common_pb2.Event(event_id=event_id, user_id=user, item_id=item, type=event_type,  # type: ignore[arg-type]
+    return common_pb2.Event(event_id=event_id, user_id=user, item_id=item, type=event_type,
                             occurred_at=Timestamp(seconds=seconds or NOW_S - 3600), platform="reliability")
 
 
@@ -351,7 +351,7 @@ class _Pair:
     drop_replies: threading.Event = field(default_factory=threading.Event)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition") -> float:
     """Poll `predicate` until true; returns the seconds it took; TimeoutError past `timeout`."""
     start = time.monotonic()
     while not predicate():

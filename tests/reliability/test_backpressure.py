@@ -19,7 +19,7 @@ CALLS = 24
 
 
 @pytest.mark.timeout(120)
-def test_over_capacity_calls_get_resource_exhausted_quickly(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_over_capacity_calls_get_resource_exhausted_quickly(serve_in_process, sqlite_url) -> None:
     settings = Settings(database_url=sqlite_url, max_concurrent_rpcs=LIMIT, db_workers=LIMIT)
     server = serve_in_process(lambda: build_server(settings, port=0))
     ingestor = server.services[0].servicer.ingestor
@@ -28,10 +28,10 @@ def test_over_capacity_calls_get_resource_exhausted_quickly(serve_in_process, sq
     entered = threading.Semaphore(0)
 
     class Slow:  # every write waits for the gate: calls hold their slot as long as we want
-        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        def __getattr__(self, name: str):
             return getattr(real, name)
 
-        def insert_events(self, events, received_at_us):  # type: ignore[no-untyped-def]
+        def insert_events(self, events, received_at_us):
             entered.release()
             gate.wait(60)
             return real.insert_events(events, received_at_us)

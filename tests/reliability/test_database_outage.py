@@ -36,11 +36,11 @@ def direct_store(postgres_url: str) -> Iterator[EventStore]:
     store.engine.dispose()
 
 
-def ingest(stub, events, timeout: float = 10):  # type: ignore[no-untyped-def]
+def ingest(stub, events, timeout: float = 10):
     return stub.IngestEvents(ingestion_pb2.IngestEventsRequest(events=events), timeout=timeout)
 
 
-def call_code(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def call_code(fn) -> grpc.StatusCode:
     try:
         fn()
     except grpc.RpcError as exc:
@@ -49,7 +49,7 @@ def call_code(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(120)
-def test_database_down_is_unavailable_then_recovers_without_restart(serve_in_process, proxied, direct_store) -> None:  # type: ignore[no-untyped-def]
+def test_database_down_is_unavailable_then_recovers_without_restart(serve_in_process, proxied, direct_store) -> None:
     url, proxy = proxied
     server = serve_in_process(lambda: build_server(Settings(database_url=url, db_workers=2), port=0))
     target = f"127.0.0.1:{server.port}"
@@ -93,7 +93,7 @@ def test_database_down_is_unavailable_then_recovers_without_restart(serve_in_pro
 
 
 @pytest.mark.timeout(120)
-def test_connection_lost_mid_insert_stores_nothing(serve_in_process, proxied, direct_store) -> None:  # type: ignore[no-untyped-def]
+def test_connection_lost_mid_insert_stores_nothing(serve_in_process, proxied, direct_store) -> None:
     """The connection dies right after the INSERT reached the server (before COMMIT): the
     transaction is rolled back by PostgreSQL; the caller gets UNAVAILABLE; a re-send works."""
     url, proxy = proxied
@@ -110,7 +110,7 @@ def test_connection_lost_mid_insert_stores_nothing(serve_in_process, proxied, di
 
 
 @pytest.mark.timeout(120)
-def test_lost_commit_acknowledgement_is_healed_by_the_idempotent_resend(serve_in_process, proxied, direct_store) -> None:  # type: ignore[no-untyped-def]
+def test_lost_commit_acknowledgement_is_healed_by_the_idempotent_resend(serve_in_process, proxied, direct_store) -> None:
     """The worst window: PostgreSQL committed, but the connection died before ingestion heard
     it. The caller gets UNAVAILABLE although the events ARE stored; its re-send reports them
     DUPLICATE and nothing is stored twice. (So "UNAVAILABLE -> nothing stored" holds for every

@@ -25,7 +25,7 @@ from tests.reliability.helpers import LEDGER, publish_copy
 
 
 def test_delete_user_erases_history_and_recommendations_fall_back(serve_in_process, database_url, tiny_world,
-                                                                    tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                                    tmp_path: Path) -> None:
     backend = database_url.split(":", 1)[0].split("+")[0]
     tiny_world.seed(database_url)
     model_dir = tmp_path / "models"

@@ -80,7 +80,7 @@ class Load(threading.Thread):
 
 
 @pytest.mark.timeout(240)
-def test_features_killed_under_load_inference_falls_back_and_recovers(serve_in_process, tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_features_killed_under_load_inference_falls_back_and_recovers(serve_in_process, tiny_world, tmp_path: Path) -> None:
     url = tiny_world.sqlite_copy(tmp_path)
     model_dir = tmp_path / "models"
     publish_copy(tiny_world.package, model_dir, "v1")

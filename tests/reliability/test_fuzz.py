@@ -71,7 +71,8 @@ def id_ok(value: str, required: bool = True) -> bool:
 def event_ok(e: common_pb2.Event, now_us: int) -> bool:
     if not (id_ok(e.event_id) and id_ok(e.user_id) and id_ok(e.item_id)):
         return False
-    if e.type not in range(1, 7) or not e.HasField("occurred_at"):
+    if e.type not in set(common_pb2.EventType.values()) - {common_pb2.EVENT_TYPE_UNSPECIFIED} \
+            or not e.HasField("occurred_at"):
         return False
     if not 0 <= e.occurred_at.nanos <= 999_999_999:
         return False
@@ -204,7 +205,7 @@ def start_stack(database_url: str, model_dir: Path | None) -> Stack:
     loop = BackgroundLoop()
     servers: list[Any] = []
 
-    def serve(build):  # type: ignore[no-untyped-def]
+    def serve(build):
         server = loop.run(build)
         loop.run(server.start)
         servers.append(server)
@@ -225,13 +226,13 @@ def start_stack(database_url: str, model_dir: Path | None) -> Stack:
     mirror = Mirror(EventStore(create_store_engine(database_url)))
     mirror.reload()
     return Stack(loop, servers, list(channels.values()), ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"]),
-                 features_pb2_grpc.FeatureServiceStub(channels["features"]) if "features" in channels else None,  # type: ignore[arg-type]
-                 inference_pb2_grpc.InferenceServiceStub(channels["inference"]) if "inference" in channels else None,  # type: ignore[arg-type]
+                 features_pb2_grpc.FeatureServiceStub(channels["features"]) if "features" in channels else None,
+                 inference_pb2_grpc.InferenceServiceStub(channels["inference"]) if "inference" in channels else None,
                  mirror, targets, vocab)
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("fuzz")
     # The store on tmpfs when there is one: fsync per commit is not what this suite measures.
     shm = Path(tempfile.mkdtemp(prefix="shiftrec-fuzz-", dir="/dev/shm")) if Path("/dev/shm").is_dir() else root
@@ -275,7 +276,7 @@ def summary(store: EventStore) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def call(rpc: str, fn, request) -> tuple[str, Any]:  # type: ignore[no-untyped-def]
+def call(rpc: str, fn, request) -> tuple[str, Any]:
     """(status code name, response or None); counts the request."""
     try:
         response = fn(request, timeout=30)

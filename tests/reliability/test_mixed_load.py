@@ -14,7 +14,7 @@ SECONDS = 8
 
 
 @pytest.mark.timeout(240)
-def test_short_mixed_load_has_no_errors_and_loses_nothing(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_short_mixed_load_has_no_errors_and_loses_nothing(tiny_world, tmp_path: Path) -> None:
     config = SoakConfig(minutes=SECONDS / 60, recommend_rps=30, events_per_second=1_000, batch_size=100,
                         deadline_s=5.0, sample_seconds=1.0, model_dir=str(tiny_world.package),
                         workdir=str(tmp_path), out=str(tmp_path / "soak.json"), shoppers=60, check_latency=False)

@@ -24,7 +24,7 @@ CORRUPT_AT = 13  # the 13th publication is a broken package
 
 
 @pytest.mark.timeout(300)
-def test_twenty_swaps_under_load_one_corrupt(serve_in_process, tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_twenty_swaps_under_load_one_corrupt(serve_in_process, tiny_world, tmp_path: Path) -> None:
     url = tiny_world.sqlite_copy(tmp_path)
     model_dir = tmp_path / "models"
     versions = [f"v{n:03d}" for n in range(SWAPS + 1)]  # v000 serves first, then 20 publications

@@ -41,11 +41,11 @@ class FlakyHandler:
 
 
 @pytest.fixture
-def flaky_server(background_loop: BackgroundLoop) -> Iterator:  # type: ignore[type-arg]
+def flaky_server(background_loop: BackgroundLoop) -> Iterator:
     servers = []
 
     def start(handler: FlakyHandler) -> str:
-        async def build():  # type: ignore[no-untyped-def]
+        async def build():
             server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
             server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
                 "shiftrec.v1.IngestionService", {"IngestEvents": grpc.unary_unary_rpc_method_handler(handler.__call__)})])
@@ -66,7 +66,7 @@ def raw_call(target: str, payload: bytes) -> bytes:
         return channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)(payload, timeout=20)
 
 
-def test_transient_unavailable_is_retried_transparently(flaky_server) -> None:  # type: ignore[no-untyped-def]
+def test_transient_unavailable_is_retried_transparently(flaky_server) -> None:
     handler = FlakyHandler(failures=2)
     target = flaky_server(handler)
     assert raw_call(target, b"x" * 100) == b"100"  # the caller sees one successful call
@@ -74,7 +74,7 @@ def test_transient_unavailable_is_retried_transparently(flaky_server) -> None:  
     LEDGER.record("transparent_retry", transient_unavailable=2, attempts=handler.attempts, caller_errors=0)
 
 
-def test_retries_give_up_after_max_attempts(flaky_server) -> None:  # type: ignore[no-untyped-def]
+def test_retries_give_up_after_max_attempts(flaky_server) -> None:
     handler = FlakyHandler(failures=100)
     target = flaky_server(handler)
     with pytest.raises(grpc.RpcError) as caught:
@@ -84,7 +84,7 @@ def test_retries_give_up_after_max_attempts(flaky_server) -> None:  # type: igno
 
 
 
-def test_ingestion_server_answer_unavailable_is_retried_transparently(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_ingestion_server_answer_unavailable_is_retried_transparently(serve_in_process, sqlite_url) -> None:
     """The real ingestion server: its store fails twice with Unavailable (database blip), then
     works. The caller, using shared.clients, should see one successful call.
 
@@ -97,10 +97,10 @@ def test_ingestion_server_answer_unavailable_is_retried_transparently(serve_in_p
     calls = {"n": 0}
 
     class Blip:
-        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        def __getattr__(self, name: str):
             return getattr(real, name)
 
-        def insert_events(self, events, received_at_us):  # type: ignore[no-untyped-def]
+        def insert_events(self, events, received_at_us):
             calls["n"] += 1
             if calls["n"] <= 2:
                 raise Unavailable("database unavailable: simulated blip")
@@ -119,7 +119,7 @@ def test_ingestion_server_answer_unavailable_is_retried_transparently(serve_in_p
     assert calls["n"] == 3
 
 
-def test_headers_sent_before_the_error_disable_retries(flaky_server) -> None:  # type: ignore[no-untyped-def]
+def test_headers_sent_before_the_error_disable_retries(flaky_server) -> None:
     """Pins down the cause of the bug above with a bare server: the same transient UNAVAILABLE
     is not retried once response headers were sent."""
     handler = FlakyHandler(failures=1, send_headers_first=True)
@@ -131,7 +131,7 @@ def test_headers_sent_before_the_error_disable_retries(flaky_server) -> None:  #
 
 
 
-def test_large_request_is_retried_transparently(flaky_server) -> None:  # type: ignore[no-untyped-def]
+def test_large_request_is_retried_transparently(flaky_server) -> None:
     """A 300 KB batch (about 2,000 events; the importer's 500-event batches are ~75 KB, but
     MAX_BATCH_SIZE allows 10,000 ≈ 1.5 MB). gRPC only retries calls whose request fits its
     per-RPC retry buffer (256 KiB by default); shared.clients does not raise it."""

@@ -141,13 +141,13 @@ async def mixed_load(ingestion_target: str, inference_target: str, users: Sequen
                 user = rng.choice(users) if serial % 2 else f"{config.run_id}-shopper-{rng.randrange(20_000)}"
                 batch.append(common_pb2.Event(
                     event_id=f"{config.run_id}-{serial}", user_id=user, item_id=rng.choice(items),
-                    type=rng.choice((1, 1, 1, 2, 2, 3, 4, 5)),  # type: ignore[arg-type]
+                    type=rng.choice((1, 1, 1, 2, 2, 3, 4, 5)),
                     occurred_at=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
                     platform="soak"))
             result.events_sent += len(batch)
             return batch
 
-        def launch(coro, rpc: str) -> None:  # type: ignore[no-untyped-def]
+        def launch(coro, rpc: str) -> None:
             if len(in_flight) >= config.max_in_flight:
                 coro.close()
                 result.codes[rpc]["SHED_BY_CLIENT"] += 1
@@ -156,7 +156,7 @@ async def mixed_load(ingestion_target: str, inference_target: str, users: Sequen
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
 
-        async def ticker(rate: float, fire) -> None:  # type: ignore[no-untyped-def]
+        async def ticker(rate: float, fire) -> None:
             if rate <= 0:
                 return
             interval, n = 1.0 / rate, 0

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import open_store
 from tests.bench.common import print_table, write_json
 from tests.reliability.helpers import Proc, publish_copy
@@ -64,10 +64,11 @@ def seed_store(database_url: str, shoppers: int, seed: int = 5) -> tuple[list[st
 
 def train_tiny(database_url: str, model_dir: Path) -> None:
     from training.data import load_store
+    from training.train import RunOptions
     from training.train import main as train
 
-    train(data=load_store(database_url), out=str(model_dir), overrides=TINY_MODEL, epochs=1, device="cpu",
-          progress=False, version="soak-v1")
+    train(data=load_store(database_url), out=str(model_dir),
+        run=RunOptions(overrides=TINY_MODEL, epochs=1, device="cpu", progress=False, version="soak-v1"))
 
 
 def count_events(database_url: str) -> int:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from shared.cli import build_parser
+from app.cli import build_parser
 from shared.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -14,7 +14,7 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 
 
 def test_every_command_is_documented() -> None:
-    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    commands = build_parser()._subparsers._group_actions[0].choices
     assert {name for name in commands if f"shiftrec {name}" not in README} == set()
 
 

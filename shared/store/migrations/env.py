@@ -12,6 +12,8 @@ if connection is None:  # plain `alembic` command line: take the URL from alembi
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise RuntimeError("no database URL: pass `-x url=...` or set sqlalchemy.url in alembic.ini")
     with create_engine(url).begin() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         context.run_migrations()

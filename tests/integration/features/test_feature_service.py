@@ -18,7 +18,7 @@ from shiftrec.v1 import (
 
 
 @pytest.fixture
-def stubs(serve_in_process, database_url):  # type: ignore[no-untyped-def]
+def stubs(serve_in_process, database_url):
     settings = Settings(database_url=database_url, history_length=3)
     ingestion = serve_in_process(lambda: build_ingestion(settings, port=0))
     features = serve_in_process(lambda: build_features(settings, port=0))
@@ -32,11 +32,11 @@ def stubs(serve_in_process, database_url):  # type: ignore[no-untyped-def]
 
 
 def event(event_id: str, user: str, item: str, seconds: int, kind: int = common_pb2.EVENT_TYPE_VIEW) -> common_pb2.Event:
-    return common_pb2.Event(event_id=event_id, user_id=user, item_id=item, type=kind,  # type: ignore[arg-type]
+    return common_pb2.Event(event_id=event_id, user_id=user, item_id=item, type=kind,
                             occurred_at=Timestamp(seconds=seconds, nanos=1000), platform="web")
 
 
-def test_an_acknowledged_event_is_in_the_next_read(stubs) -> None:  # type: ignore[no-untyped-def]
+def test_an_acknowledged_event_is_in_the_next_read(stubs) -> None:
     ingestion, features = stubs
     for n in range(20):
         ack = ingestion.IngestEvents(ingestion_pb2.IngestEventsRequest(
@@ -47,7 +47,7 @@ def test_an_acknowledged_event_is_in_the_next_read(stubs) -> None:  # type: igno
         assert history.read_at.seconds > 1_700_000_000
 
 
-def test_history_is_most_recent_oldest_first_with_item_attributes(stubs) -> None:  # type: ignore[no-untyped-def]
+def test_history_is_most_recent_oldest_first_with_item_attributes(stubs) -> None:
     ingestion, features = stubs
     ingestion.UpsertItems(ingestion_pb2.UpsertItemsRequest(items=[
         common_pb2.Item(item_id="lip", category="makeup", tags=["lips", "red"]),
@@ -69,7 +69,7 @@ def test_history_is_most_recent_oldest_first_with_item_attributes(stubs) -> None
     assert list(nobody.events) == []
 
 
-def test_get_items_reports_missing(stubs) -> None:  # type: ignore[no-untyped-def]
+def test_get_items_reports_missing(stubs) -> None:
     ingestion, features = stubs
     ingestion.UpsertItems(ingestion_pb2.UpsertItemsRequest(items=[
         common_pb2.Item(item_id="a", title="A", category="c1", price=2.5),
@@ -93,7 +93,7 @@ def test_get_items_reports_missing(stubs) -> None:  # type: ignore[no-untyped-de
         (lambda f: f.GetItems(features_pb2.GetItemsRequest(item_ids=["x"] * 10_001)), "item_ids"),
     ],
 )
-def test_bad_requests_are_invalid_argument(stubs, call, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_are_invalid_argument(stubs, call, field) -> None:
     _, features = stubs
     with pytest.raises(grpc.RpcError) as caught:
         call(features)

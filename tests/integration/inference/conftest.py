@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.simulator import DAY_US, StorefrontSimulator
+from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import open_store
 
 TINY_MODEL = {"dim": 16, "n_layers": 1, "max_len": 20}
@@ -24,14 +24,14 @@ def train_package(database_url: str, model_dir: Path, epochs: int = 2, version: 
     """Train the tiny model from the store and publish it into `model_dir`."""
     pytest.importorskip("torch")
     from training.data import load_store
-    from training.train import main
+    from training.train import RunOptions, main
 
-    report = main(data=load_store(database_url), out=str(model_dir), overrides=TINY_MODEL,
-                  epochs=epochs, device="cpu", progress=False, version=version)
+    report = main(data=load_store(database_url), out=str(model_dir),
+        run=RunOptions(overrides=TINY_MODEL, epochs=epochs, device="cpu", progress=False, version=version))
     return Path(report["package"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # read-only for every test here: trained once
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("pipeline")
     url = f"sqlite:///{root / 'store.db'}"

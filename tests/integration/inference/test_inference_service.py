@@ -29,12 +29,12 @@ def settings_for(pipeline: Pipeline, model_dir: Path, features_port: int, **extr
 
 
 @pytest.fixture
-def features(serve_in_process, pipeline):  # type: ignore[no-untyped-def]
+def features(serve_in_process, pipeline):
     return serve_in_process(lambda: build_features(Settings(database_url=pipeline.database_url), port=0))
 
 
 @pytest.fixture
-def inference(serve_in_process, pipeline, features):  # type: ignore[no-untyped-def]
+def inference(serve_in_process, pipeline, features):
     server = serve_in_process(lambda: build_inference(settings_for(pipeline, pipeline.model_dir, features.port), port=0))
     with open_channel(f"127.0.0.1:{server.port}") as channel:
         yield inference_pb2_grpc.InferenceServiceStub(channel), server
@@ -47,7 +47,7 @@ def history_items(pipeline: Pipeline, user: str) -> list[str]:
     return items
 
 
-def test_recommend_excludes_seen_and_reports_model(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_recommend_excludes_seen_and_reports_model(inference, pipeline) -> None:
     stub, _ = inference
     user = pipeline.users[0]
     response, call = stub.Recommend.with_call(inference_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
@@ -61,7 +61,7 @@ def test_recommend_excludes_seen_and_reports_model(inference, pipeline) -> None:
     assert dict(call.trailing_metadata())["shiftrec-execution-provider"] == "CPUExecutionProvider"
 
 
-def test_recommend_honours_include_seen_excludes_and_category(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_recommend_honours_include_seen_excludes_and_category(inference, pipeline) -> None:
     stub, _ = inference
     user = pipeline.users[1]
     everything = stub.Recommend(inference_pb2.RecommendRequest(user_id=user, k=1000, include_seen=True), timeout=5)
@@ -76,7 +76,7 @@ def test_recommend_honours_include_seen_excludes_and_category(inference, pipelin
     assert all(i.item_id.startswith("fragrance-") for i in only.items)
 
 
-def test_users_without_usable_history_get_recent_popular(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_users_without_usable_history_get_recent_popular(inference, pipeline) -> None:
     stub, _ = inference
     response = stub.Recommend(inference_pb2.RecommendRequest(user_id="never-seen", k=5), timeout=5)
     assert response.strategy == inference_pb2.STRATEGY_RECENT_POPULAR
@@ -85,7 +85,7 @@ def test_users_without_usable_history_get_recent_popular(inference, pipeline) ->
     assert [i.item_id for i in response.items] == manifest.popular_items[:5]
 
 
-def test_score_items_gives_probabilities_and_reports_unknown(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_score_items_gives_probabilities_and_reports_unknown(inference, pipeline) -> None:
     stub, _ = inference
     catalogue = [i.item_id for i in pipeline.simulator.catalogue()]
     response = stub.ScoreItems(inference_pb2.ScoreItemsRequest(
@@ -100,7 +100,7 @@ def test_score_items_gives_probabilities_and_reports_unknown(inference, pipeline
     assert both.items[0].probability >= min(i.probability for i in response.items)
 
 
-def test_interest_profile_shapes(inference, pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_interest_profile_shapes(inference, pipeline) -> None:
     stub, _ = inference
     profile = stub.GetInterestProfile(inference_pb2.GetInterestProfileRequest(user_id=pipeline.users[3]), timeout=5)
     assert sum(c.weight for c in profile.long_term) == pytest.approx(1.0, abs=1e-5)
@@ -158,7 +158,7 @@ def test_a_package_whose_shift_outputs_disagree_with_its_manifest_is_refused(pip
          "recent_window"),
     ],
 )
-def test_bad_requests_are_invalid_argument(inference, call, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_are_invalid_argument(inference, call, field) -> None:
     stub, _ = inference
     with pytest.raises(grpc.RpcError) as caught:
         call(stub)
@@ -166,8 +166,8 @@ def test_bad_requests_are_invalid_argument(inference, call, field) -> None:  # t
     assert caught.value.details().startswith(f"{field}: ")
 
 
-def test_features_down_falls_back_within_the_deadline(serve_in_process, pipeline) -> None:  # type: ignore[no-untyped-def]
-    from shared.processes import free_port
+def test_features_down_falls_back_within_the_deadline(serve_in_process, pipeline) -> None:
+    from app.processes import free_port
 
     dead = free_port()  # nothing listens there
     server = serve_in_process(lambda: build_inference(
@@ -184,7 +184,7 @@ def test_features_down_falls_back_within_the_deadline(serve_in_process, pipeline
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -192,7 +192,7 @@ def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.1)
 
 
-def test_no_model_then_hot_reload_then_a_corrupt_package_is_refused(serve_in_process, pipeline, features, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_model_then_hot_reload_then_a_corrupt_package_is_refused(serve_in_process, pipeline, features, tmp_path) -> None:
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     server = serve_in_process(lambda: build_inference(settings_for(pipeline, model_dir, features.port), port=0))

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from services.ingestion.importer import import_records
+from app.importer import import_records
 from services.ingestion.server import build_server
 from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
 from shared.settings import Settings
@@ -13,14 +13,14 @@ from tests.conftest import require_datasets
 
 
 @pytest.fixture
-def ingestion_target(serve_in_process, sqlite_url):  # type: ignore[no-untyped-def]
+def ingestion_target(serve_in_process, sqlite_url):
     server = serve_in_process(lambda: build_server(Settings(database_url=sqlite_url), port=0))
     store = EventStore(create_store_engine(sqlite_url))
     yield f"127.0.0.1:{server.port}", store
     store.engine.dispose()
 
 
-def test_beauty_import_stores_every_interaction_once(ingestion_target) -> None:  # type: ignore[no-untyped-def]
+def test_beauty_import_stores_every_interaction_once(ingestion_target) -> None:
     target, store = ingestion_target
     domain = read_s3rec(require_datasets() / "amazon", "Beauty")
     expected = sum(len(s) for s in domain.sequences.values())
@@ -38,7 +38,7 @@ def test_beauty_import_stores_every_interaction_once(ingestion_target) -> None: 
     assert all(h.category.startswith("attr:") for h in history)
 
 
-def test_holdout_leaves_out_each_users_last_interactions(ingestion_target) -> None:  # type: ignore[no-untyped-def]
+def test_holdout_leaves_out_each_users_last_interactions(ingestion_target) -> None:
     target, store = ingestion_target
     domain = read_s3rec(require_datasets() / "amazon", "Beauty")
     some_users = dict(list(domain.sequences.items())[:300])
@@ -50,7 +50,7 @@ def test_holdout_leaves_out_each_users_last_interactions(ingestion_target) -> No
     assert [h.event.item_id for h in history] == [domain.item_names[i] for i in items[:-1]]
 
 
-def test_taobao_import_maps_behaviours_and_categories(ingestion_target) -> None:  # type: ignore[no-untyped-def]
+def test_taobao_import_maps_behaviours_and_categories(ingestion_target) -> None:
     target, store = ingestion_target
     data = read_taobao(require_datasets() / "taobao" / "UserBehavior_head.csv")
     with open(require_datasets() / "taobao" / "UserBehavior_head.csv") as f:

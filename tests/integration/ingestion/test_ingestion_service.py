@@ -39,7 +39,7 @@ def make_event(event_id: str, user: str = "u1", item: str = "i1", **fields: obje
 
 
 @pytest.fixture
-def ingestion(serve_in_process, database_url):  # type: ignore[no-untyped-def]
+def ingestion(serve_in_process, database_url):
     settings = Settings(database_url=database_url, max_batch_size=100)
     server = serve_in_process(lambda: build_server(settings, port=0))
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
@@ -49,11 +49,11 @@ def ingestion(serve_in_process, database_url):  # type: ignore[no-untyped-def]
     store.engine.dispose()
 
 
-def ingest(stub, *events):  # type: ignore[no-untyped-def]
+def ingest(stub, *events):
     return stub.IngestEvents(ingestion_pb2.IngestEventsRequest(events=list(events)), timeout=10)
 
 
-def test_accepts_then_reports_duplicates(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_accepts_then_reports_duplicates(ingestion) -> None:
     stub, store, _ = ingestion
     first = ingest(stub, make_event("a"), make_event("b"), make_event("a"))
     assert [r.status for r in first.results] == [
@@ -70,7 +70,7 @@ def test_accepts_then_reports_duplicates(ingestion) -> None:  # type: ignore[no-
     assert store.count_events() == 3
 
 
-def test_ids_are_stored_verbatim(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_ids_are_stored_verbatim(ingestion) -> None:
     stub, store, _ = ingestion
     strange = ["Robert'); DROP TABLE events;--", "ユーザー🛒", 'quote"s\\and\tcontrol\x01', "x" * 128]
     response = ingest(stub, *(make_event(f"e{i}", user=s, item=s) for i, s in enumerate(strange)))
@@ -96,7 +96,7 @@ def test_ids_are_stored_verbatim(ingestion) -> None:  # type: ignore[no-untyped-
         ({"value": float("inf")}, "value: must be finite (got inf)"),
     ],
 )
-def test_bad_events_are_rejected_alone_and_not_stored(ingestion, fields, reason) -> None:  # type: ignore[no-untyped-def]
+def test_bad_events_are_rejected_alone_and_not_stored(ingestion, fields, reason) -> None:
     stub, store, _ = ingestion
     bad = make_event(fields.get("event_id", "bad"), user="victim", **{
         k: v for k, v in fields.items() if k != "event_id"
@@ -118,7 +118,7 @@ def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     return [(v.field, v.description) for v in bad_request.field_violations]
 
 
-def test_empty_batch_is_invalid_argument(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_empty_batch_is_invalid_argument(ingestion) -> None:
     stub, store, _ = ingestion
     with pytest.raises(grpc.RpcError) as caught:
         ingest(stub)
@@ -127,7 +127,7 @@ def test_empty_batch_is_invalid_argument(ingestion) -> None:  # type: ignore[no-
     assert store.count_events() == 0
 
 
-def test_oversized_batch_is_invalid_argument_and_stores_nothing(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_batch_is_invalid_argument_and_stores_nothing(ingestion) -> None:
     stub, store, _ = ingestion
     with pytest.raises(grpc.RpcError) as caught:
         ingest(stub, *(make_event(f"e{i}") for i in range(101)))
@@ -137,7 +137,7 @@ def test_oversized_batch_is_invalid_argument_and_stores_nothing(ingestion) -> No
     assert ingest(stub, *(make_event(f"e{i}") for i in range(100))).accepted == 100
 
 
-def test_upsert_items_all_or_nothing(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_upsert_items_all_or_nothing(ingestion) -> None:
     stub, store, _ = ingestion
     good = common_pb2.Item(item_id="i1", title="Lip balm", category="makeup", tags=["lips"], price=3.5)
     bad = common_pb2.Item(item_id="i2", price=float("nan"), tags=["x" * 129])
@@ -154,7 +154,7 @@ def test_upsert_items_all_or_nothing(ingestion) -> None:  # type: ignore[no-unty
     assert store.count_items() == 1
 
 
-def test_delete_user_erases_only_that_user(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_delete_user_erases_only_that_user(ingestion) -> None:
     stub, store, _ = ingestion
     ingest(stub, make_event("a", user="gone"), make_event("b", user="gone"), make_event("c", user="kept"))
     response = stub.DeleteUser(ingestion_pb2.DeleteUserRequest(user_id="gone"), timeout=10)
@@ -174,7 +174,7 @@ def test_delete_user_erases_only_that_user(ingestion) -> None:  # type: ignore[n
     assert store.count_events() == 1
 
 
-def test_health_and_reflection(ingestion) -> None:  # type: ignore[no-untyped-def]
+def test_health_and_reflection(ingestion) -> None:
     _, _, channel = ingestion
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", SERVICE_NAME):
@@ -186,14 +186,14 @@ def test_health_and_reflection(ingestion) -> None:  # type: ignore[no-untyped-de
     assert {"shiftrec.v1.IngestionService", "grpc.health.v1.Health"} <= names
 
 
-def test_a_failing_database_stores_nothing_of_the_batch(serve_in_process, database_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_database_stores_nothing_of_the_batch(serve_in_process, database_url) -> None:
     """The connection fails right after the batch's first INSERT ran: UNAVAILABLE, no row kept."""
     settings = Settings(database_url=database_url, max_batch_size=5000)
     server = serve_in_process(lambda: build_server(settings, port=0))
     engine = create_store_engine(database_url)
     inserts = []
 
-    def fail_after_first_insert(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def fail_after_first_insert(conn, cursor, statement, parameters, context, executemany):
         if "INSERT INTO EVENTS" in " ".join(statement.upper().split()):
             inserts.append(statement)
             raise OperationalError(statement, parameters, Exception("simulated outage"))
@@ -213,7 +213,7 @@ def test_a_failing_database_stores_nothing_of_the_batch(serve_in_process, databa
     engine.dispose()
 
 
-def test_unreachable_database_is_unavailable(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_database_is_unavailable(serve_in_process, sqlite_url) -> None:
     """A PostgreSQL that refuses connections: UNAVAILABLE (retryable), not INTERNAL."""
     server = serve_in_process(lambda: build_server(Settings(database_url=sqlite_url), port=0))
     from shared.store import EventStore as Store

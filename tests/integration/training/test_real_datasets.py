@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 from shared import model_package as pkg
 from training import baselines, evaluation
 from training.data import load_files
-from training.train import main
+from training.train import RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DATASETS = Path(os.environ.get("SHIFTREC_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
@@ -48,8 +48,8 @@ def test_baselines_rank_above_chance_on_beauty(beauty):
 def test_taobao_trains_exports_and_evaluates(tmp_path):
     data = load_files(f"taobao:{DATASETS / 'taobao' / 'UserBehavior_head.csv'}")
     assert {int(t) for s in data.types for t in s} <= {1, 3, 4, 5}
-    report = main(data=data, out=str(tmp_path), overrides={"epochs": 1, "dim": 16}, device="cpu",
-                  progress=False)
+    report = main(data=data, out=str(tmp_path),
+        run=RunOptions(overrides={"epochs": 1, "dim": 16}, device="cpu", progress=False))
     manifest = pkg.load_manifest(report["package"])
     assert len(manifest.item_vocab) == data.n_items
     onnx = evaluation.evaluate_package(str(tmp_path), data)

@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training import baselines, report
+from training import baselines
 from training.data import load_files
+from training.experiments import report
 
 from .conftest import TINY, write_domain
 
@@ -70,7 +71,7 @@ def test_the_report_has_every_row_and_resumes(datasets, tmp_path, capsys):
 
 
 def test_the_training_benchmark_stops_at_its_target(datasets, tmp_path, capsys):
-    from training import bench
+    from training.experiments import bench
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY))
@@ -104,7 +105,7 @@ def test_the_plan_runs_fewer_ablation_seeds_when_asked():
 
 
 def test_shiftrec_evaluate_report_is_the_same_run(monkeypatch, tmp_path):
-    from shared import cli
+    from app import cli
 
     seen = []
     monkeypatch.setattr(report, "main", lambda argv: seen.append(argv) or 0)

@@ -13,7 +13,7 @@ from shared import model_package as pkg
 from training import evaluation
 from training.data import HOLDOUT_TEST, load_store
 from training.model import ModelConfig
-from training.train import TrainConfig, main, train
+from training.train import RunOptions, TrainConfig, main, train
 
 from .conftest import TINY
 
@@ -34,8 +34,8 @@ def test_split_is_leave_one_out(tiny):
 
 
 def test_one_epoch_export_and_parity(tiny, tmp_path):
-    report = main(data=tiny, out=str(tmp_path / "models"), overrides={**TINY, "epochs": 1},
-                  device="cpu", progress=False)
+    report = main(data=tiny, out=str(tmp_path / "models"),
+        run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False))
     version = pkg.latest_version(tmp_path / "models")
     package = tmp_path / "models" / version
     assert report["package"] == str(package)
@@ -69,15 +69,15 @@ def test_one_epoch_export_and_parity(tiny, tmp_path):
 
 def test_a_second_publish_moves_latest(tiny, tmp_path):
     models = tmp_path / "models"
-    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
-         version="v1")
-    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
-         version="v2")
+    main(data=tiny, out=str(models),
+        run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False, version="v1"))
+    main(data=tiny, out=str(models),
+        run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False, version="v2"))
     assert pkg.latest_version(models) == "v2"
     assert (models / "v1" / pkg.MANIFEST_FILE).exists()
     with pytest.raises(FileExistsError):
-        main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu",
-             progress=False, version="v2")
+        main(data=tiny, out=str(models),
+            run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False, version="v2"))
     assert pkg.latest_version(models) == "v2"
 
 
@@ -119,11 +119,12 @@ def test_sampled_softmax_and_ablation_train(tiny):
 
 def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
     models = tmp_path / "models"
-    main(data=tiny, out=str(models), overrides={**TINY, "epochs": 1}, device="cpu", progress=False,
-         version="parent")
+    main(data=tiny, out=str(models),
+        run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False, version="parent"))
     # lr 0: the child's weights stay the parent's, so its scores must be the parent's
-    main(data=tiny, out=str(models), overrides={"epochs": 1, "lr": 0.0}, device="cpu",
-         progress=False, version="child", finetune_from=str(models))
+    main(data=tiny, out=str(models),
+        run=RunOptions(overrides={"epochs": 1, "lr": 0.0}, device="cpu", progress=False, version="child",
+            finetune_from=str(models)))
     parent, child = pkg.load_manifest(models / "parent"), pkg.load_manifest(models / "child")
     assert child.parent_version == "parent"
     assert child.config["model"]["dim"] == TINY["dim"]
@@ -134,7 +135,7 @@ def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
 def test_cli_init_from_an_empty_model_dir_trains_from_scratch_then_fine_tunes(tiny_dir, tmp_path):
     """The scheduled job runs `shiftrec train --out D --init-from D`: the first run has nothing
     to start from and trains from scratch; the next one fine-tunes from what the first published."""
-    from shared.cli import main as cli
+    from app.cli import main as cli
 
     models = tmp_path / "models"
     config = tmp_path / "tiny.json"

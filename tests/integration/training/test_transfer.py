@@ -10,17 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from shared import model_package as pkg
-from training.data import (
-    events_before,
-    hold_out_items,
-    load_files,
-    sample_train_users,
-    training_arrays,
-)
+from training.data import load_files, training_arrays
+from training.experiments.views import events_before, hold_out_items, sample_train_users
 from training.export import load_weights
 from training.model import ModelConfig, ShiftRec
 from training.text import TEXT_DIM, encode_texts, item_text_table
-from training.train import TrainConfig, main, train
+from training.train import RunOptions, TrainConfig, main, train
 
 from .conftest import TINY, write_domain
 
@@ -113,13 +108,15 @@ def test_cross_domain_fine_tune_carries_the_encoder_but_not_the_domain_ids(two_d
     source = load_files(f"s3rec:{two_domains / 'amazon' / 'Other'}")
     target = load_files(f"s3rec:{two_domains / 'amazon' / 'Tiny'}")
     src_models, dst_models = tmp_path / "src", tmp_path / "dst"
-    main(data=source, out=str(src_models), overrides={**TINY, "epochs": 2}, device="cpu", progress=False,
-         version="pretrained", pretrain=True)
+    main(data=source, out=str(src_models),
+        run=RunOptions(overrides={**TINY, "epochs": 2}, device="cpu", progress=False, version="pretrained",
+            pretrain=True))
     parent = load_weights(src_models)
     assert parent["pretrain"] and parent["model_config"]["use_text"]  # --pretrain turns text on
     # lr 0: whatever the child holds is what it was initialised with
-    report = main(data=target, out=str(dst_models), overrides={"epochs": 1, "lr": 0.0}, device="cpu",
-                  progress=False, version="child", finetune_from=str(src_models))
+    report = main(data=target, out=str(dst_models),
+        run=RunOptions(overrides={"epochs": 1, "lr": 0.0}, device="cpu", progress=False, version="child",
+            finetune_from=str(src_models)))
     assert report["train_since"] is None  # another domain: all of its training events count
     child = load_weights(dst_models)
     for name in ("blocks.0.attn.qkv.weight", "text_proj.weight", "type_emb.weight", "time_bias.weight"):
@@ -139,11 +136,12 @@ def test_cross_domain_fine_tune_carries_the_encoder_but_not_the_domain_ids(two_d
 def test_temporal_fine_tune_learns_from_newer_events_and_new_items_start_from_content(tiny, tmp_path):
     cut = int(np.quantile(np.concatenate(tiny.times), 0.7))
     models = tmp_path / "models"
-    main(data=events_before(tiny, cut), out=str(models), overrides={**TEXT, "epochs": 1}, device="cpu",
-         progress=False, version="before")
+    main(data=events_before(tiny, cut), out=str(models),
+        run=RunOptions(overrides={**TEXT, "epochs": 1}, device="cpu", progress=False, version="before"))
     parent = load_weights(models)
-    report = main(data=tiny, out=str(models), overrides={"epochs": 1, "lr": 0.0}, device="cpu",
-                  progress=False, version="after", finetune_from=str(models), new_events_only=True)
+    report = main(data=tiny, out=str(models),
+        run=RunOptions(overrides={"epochs": 1, "lr": 0.0}, device="cpu", progress=False, version="after",
+            finetune_from=str(models), new_events_only=True))
     assert report["train_since"] == parent["data_until"] + 1
     assert pkg.load_manifest(models / "after").parent_version == "before"
     child = load_weights(models)
@@ -159,16 +157,17 @@ def test_temporal_fine_tune_learns_from_newer_events_and_new_items_start_from_co
 def test_temporal_fine_tune_uses_every_event_by_default(tiny, tmp_path):
     cut = int(np.quantile(np.concatenate(tiny.times), 0.7))
     models = tmp_path / "models"
-    main(data=events_before(tiny, cut), out=str(models), overrides={**TINY, "epochs": 1}, device="cpu",
-         progress=False, version="before")
-    report = main(data=tiny, out=str(models), overrides={"epochs": 1}, device="cpu", progress=False,
-                  version="after", finetune_from=str(models))
+    main(data=events_before(tiny, cut), out=str(models),
+        run=RunOptions(overrides={**TINY, "epochs": 1}, device="cpu", progress=False, version="before"))
+    report = main(data=tiny, out=str(models),
+        run=RunOptions(overrides={"epochs": 1}, device="cpu", progress=False, version="after",
+            finetune_from=str(models)))
     assert report["train_since"] is None
     assert pkg.load_manifest(models / "after").parent_version == "before"
 
 
 def test_the_transfer_benchmark_runs_and_resumes(two_domains, tmp_path, capsys):
-    from training import transfer
+    from training.experiments import transfer
 
     times = np.concatenate(load_files(f"s3rec:{two_domains / 'amazon' / 'Tiny'}").times)
     args = ["--datasets", str(two_domains), "--source", "Other", "--target", "Tiny",

@@ -15,7 +15,7 @@ def event(**overrides: object) -> IncomingEvent:
         "event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": 1, "occurred_at_us": NOW_US - 1
     }
     fields.update(overrides)
-    return IncomingEvent(**fields)  # type: ignore[arg-type]
+    return IncomingEvent(**fields)
 
 
 def test_a_valid_event_has_no_problems() -> None:

@@ -1,13 +1,16 @@
 """`shiftrec`: the one command-line entry point (serve, import, db, train, evaluate)."""
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from shared.clients import ClientConfig
-from shared.logs import configure_logging
+from shared.grpc_server import Server, serve
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from app.importer import ImportReport
 
 DEFAULT_DATASETS = "../shared/datasets"
 SERVICES = ("ingestion", "features", "inference")
@@ -21,21 +24,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    build_server: Callable[[Settings, int | None], Server]
     if args.service == "ingestion":
         from services.ingestion.server import build_server
     elif args.service == "features":
         from services.features.server import build_server
     else:
         from services.inference.server import build_server
-
-    async def serve() -> None:
-        server = build_server(settings, args.port)
-        await server.start()
-        await server.serve_until_signal()
-
-    asyncio.run(serve())
+    serve(build_server, _settings(args), args.port)
     return 0
 
 
@@ -49,7 +45,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report) -> int:  # type: ignore[no-untyped-def]
+def _print_report(report: "ImportReport") -> int:
     print(
         f"items upserted: {report.items_upserted}  events accepted: {report.accepted}  "
         f"duplicates: {report.duplicates}  rejected: {report.rejected}"
@@ -60,7 +56,7 @@ def _print_report(report) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_import_s3rec(args: argparse.Namespace) -> int:
-    from services.ingestion.importer import import_records
+    from app.importer import import_records
     from shared.datasets import read_s3rec, s3rec_events, s3rec_items
 
     domain = read_s3rec(args.data_dir, args.domain, timestamps=not args.no_timestamps)
@@ -78,7 +74,7 @@ def cmd_import_s3rec(args: argparse.Namespace) -> int:
 
 
 def cmd_import_taobao(args: argparse.Namespace) -> int:
-    from services.ingestion.importer import import_records
+    from app.importer import import_records
     from shared.datasets import read_taobao
 
     data = read_taobao(args.path, args.holdout_last)
@@ -97,7 +93,7 @@ def cmd_import_taobao(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shared.demo.run import run_demo
+    from app.demo.run import run_demo
 
     return run_demo(args.data, Path(args.out), seed=args.seed)
 
@@ -164,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_training(commands: argparse._SubParsersAction) -> None:
     """`train` and `evaluate` come from the training package (torch loads only when they run)."""
     try:
-        from training.cli import register
+        from app.training_cli import register
     except ImportError:
         return
     register(commands)

@@ -6,6 +6,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.data import SequenceData
 
 DEFAULT_DATASETS = "../shared/datasets"
 
@@ -60,7 +64,7 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
                              "auto: serving for --database-url, test for --data")
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> "SequenceData":
     from training.data import HOLDOUT_SERVING, HOLDOUT_TEST, load_files, load_store
 
     if not args.data and not args.database_url:
@@ -81,7 +85,7 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_train(args: argparse.Namespace) -> int:
     from shared import model_package as pkg
     from training.evaluation import format_metrics
-    from training.train import load_overrides, main
+    from training.train import RunOptions, load_overrides, main
 
     data = _load(args)
     print(f"data: {len(data.users)} users, {data.n_items} items, {data.n_tags} tags "
@@ -90,9 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if init_from and not (Path(init_from) / pkg.MANIFEST_FILE).exists() and pkg.latest_version(init_from) is None:
         print(f"--init-from {init_from}: nothing published there yet; training from scratch", file=sys.stderr)
         init_from = None
-    report = main(data=data, out=args.out, overrides=load_overrides(args.config), epochs=args.epochs,
-                  device=args.device, seed=args.seed, version=args.version, finetune_from=init_from,
-                  pretrain=args.pretrain, new_events_only=args.new_events_only)
+    report = main(data=data, out=args.out,
+        run=RunOptions(overrides=load_overrides(args.config), epochs=args.epochs, device=args.device,
+            seed=args.seed, version=args.version, finetune_from=init_from, pretrain=args.pretrain,
+            new_events_only=args.new_events_only))
     print(f"{report['split']} metrics (best epoch {report['best_epoch']} of {report['epochs_run']}, "
           f"{report['train_seconds']:.0f} s, {report['seconds_per_epoch']:.1f} s/epoch):")
     print(format_metrics(report["metrics"]))
@@ -106,9 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
-        from training import report
+        from training.experiments import report
 
-        # the same run as `python -m training.report` (which also takes --jobs, --threads,
+        # the same run as `python -m training.experiments.report` (which also takes --jobs, --threads,
         # --ablation-seeds, --table-only, --fresh)
         argv = ["--datasets", args.datasets, "--domains", args.domains, "--seeds", str(args.seeds),
                 "--device", args.device, "--out", args.out]

@@ -7,16 +7,17 @@ import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.ingestion.importer import import_records
+from app.demo.chart import ShopperTimeline, draw
+from app.importer import import_records
+from app.processes import run_cli, running_stack
+from app.simulator import DAY_US, MINUTE_US, StorefrontSimulator
 from shared.clients import open_channel
 from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
-from shared.demo.chart import ShopperTimeline, draw
-from shared.processes import run_cli, running_stack
 from shared.protos import timestamp_us
-from shared.simulator import DAY_US, MINUTE_US, StorefrontSimulator
 from shared.store import EventRecord, ItemRecord
 from shiftrec.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc
 
@@ -61,11 +62,16 @@ def real(path: Path) -> tuple[list[EventRecord], list[ItemRecord], str]:
 
 
 # -- views --------------------------------------------------------------------------------------
-def history(features: features_pb2_grpc.FeatureServiceStub, user: str, limit: int = 1000):  # type: ignore[no-untyped-def]
+def history(
+    features: features_pb2_grpc.FeatureServiceStub, user: str, limit: int = 1000
+) -> Sequence[features_pb2.HistoryEvent]:
     return features.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id=user, limit=limit), timeout=5).events
 
 
-def show(stack_channels: tuple, user: str, categories: dict[str, str]) -> inference_pb2.GetInterestProfileResponse:  # type: ignore[type-arg]
+def show(
+    stack_channels: tuple[features_pb2_grpc.FeatureServiceStub, inference_pb2_grpc.InferenceServiceStub],
+    user: str, categories: dict[str, str],
+) -> inference_pb2.GetInterestProfileResponse:
     features, inference = stack_channels
     events = history(features, user)
     counts = Counter(h.category or "?" for h in events)
@@ -175,7 +181,7 @@ def pick_shoppers(events: list[EventRecord], catalogue: list[ItemRecord]) -> lis
     ranked = sorted((u for u, cats in per_user.items() if len(cats) >= 12),
                     key=lambda u: (-focus(per_user[u]), u))
     all_categories = sorted({c for c in category.values() if c})
-    featured = []
+    featured: list[Featured] = []
     for user in ranked[:3]:
         unseen = [c for c in all_categories if c not in set(per_user[user])]
         featured.append(Featured(user, unseen[len(featured) % len(unseen)]))

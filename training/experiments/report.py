@@ -4,7 +4,7 @@ worker processes (`--jobs` at a time, `--threads` torch threads each) and each i
 under `--work`, so an interrupted report resumes where it stopped (`--fresh` starts over;
 `--table-only` reprints). Writes `report.json` and `report.md` (mean ± std over seeds) to `--out`.
 
-    python -m training.report --datasets ../shared/datasets --domains Beauty --seeds 3
+    python -m training.experiments.report --datasets ../shared/datasets --domains Beauty --seeds 3
 """
 
 import argparse
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.runs import load_results, run_tasks
+from training.experiments.runs import load_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
 COLUMNS = ("NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
@@ -49,7 +49,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One row group of the report: every baseline, or one training run (executed in a worker)."""
     from training import baselines, evaluation
     from training.data import load_files
-    from training.train import main
+    from training.train import RunOptions, main
 
     started = time.perf_counter()
     data = load_files(task["spec"])
@@ -60,8 +60,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             metrics = evaluation.evaluate(data, scorer, 50, split="test")
             out["baselines"][name] = {"seed": 0, "metrics": metrics, "train_seconds": time.perf_counter() - t0}
     else:
-        report = main(data=data, out=None, overrides=task["overrides"], epochs=task["epochs"],
-                      device=task["device"], seed=task["seed"], progress=False)
+        report = main(data=data, out=None,
+            run=RunOptions(overrides=task["overrides"], epochs=task["epochs"], device=task["device"],
+                seed=task["seed"], progress=False))
         out = {"seed": task["seed"], "metrics": report["metrics"], "train_seconds": report["train_seconds"],
                "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
                "epochs_run": report["epochs_run"], "history": report["history"],
@@ -118,7 +119,7 @@ def _write(results: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.report", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
     parser.add_argument("--seeds", type=int, default=3)

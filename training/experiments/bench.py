@@ -3,7 +3,7 @@ peak memory (process RSS; on CUDA also the peak GPU memory allocated), for the d
 (`--config` to change it) on CPU or `--device cuda`. Stops at the target or after
 `--max-minutes`. Prints a table and writes JSON.
 
-    python -m training.bench --datasets ../shared/datasets --out var/bench/train.json
+    python -m training.experiments.bench --datasets ../shared/datasets --out var/bench/train.json
 """
 
 import argparse

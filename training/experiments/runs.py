@@ -1,6 +1,6 @@
 """Independent training runs spread over worker processes, each result kept as JSON so that an
-interrupted benchmark or report resumes where it stopped. Shared by `training.report` and
-`training.transfer`.
+interrupted benchmark or report resumes where it stopped. Shared by the quality report and
+the transfer benchmark.
 
 A task is a JSON-able dict with a unique "name" and optionally "needs": the names of tasks
 whose results (or files they write) it depends on. `run_tasks` starts ready tasks lowest

@@ -28,7 +28,8 @@ def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -
     import matplotlib.pyplot as plt
 
     names = sorted({c for t in timelines for c in t.categories if c})
-    colours = dict(zip(names, plt.get_cmap("tab20").colors, strict=False))
+    palette = plt.get_cmap("tab20")  # 20 distinct colours
+    colours = dict(zip(names, (palette(i) for i in range(palette.N)), strict=False))
     fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 2.8 * len(timelines)), squeeze=False)
     for ax, timeline in zip(axes[:, 0], timelines, strict=True):
         n = len(timeline.categories)

@@ -24,188 +24,37 @@ stopped (`--fresh` starts over). Prints one table, writes everything to `--out`.
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.runs import load_results, run_tasks
+from training.experiments import cold_start, cross_domain, shared_shoppers, temporal
+from training.experiments.cross_domain import FINETUNE, SCRATCH
+from training.experiments.runs import load_results, run_tasks
+from training.experiments.temporal import time_to_reach
 
-SCRATCH, FINETUNE = "scratch", "finetune"
-COLD_ARMS = ("text", "text-id-dropout", "default")  # default: attributes, no text
-ID_DROPOUT = 0.3
-
-
-# --- one run per task (executed in a worker process) ---------------------------------------
-
-
-def _load(spec: str):  # type: ignore[no-untyped-def]
-    from training.data import load_files
-
-    return load_files(spec)
-
-
-def _train(data, overrides: dict[str, Any], seed: int, threads: int, warm_start=None):  # type: ignore[no-untyped-def]
-    from training.model import ModelConfig
-    from training.train import TrainConfig, split_overrides, train
-
-    model_over, train_over = split_overrides(overrides)
-    cfg = TrainConfig(**{**train_over, "seed": seed, "threads": threads, "device": "cpu"})
-    return train(data, ModelConfig(**model_over), cfg, progress=False, warm_start=warm_start)
-
-
-def _save_state(trained, data, path: Path, pretrain: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """The same dict as a package's weights file, so `load_warm_start` takes it."""
-    import torch
-
-    from training.export import weights_state
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(weights_state(trained.model, data, path.stem, pretrain=pretrain), path)
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _test_raw(trained, data):  # type: ignore[no-untyped-def]
-    import torch
-
-    from training import evaluation
-    from training.train import torch_scorer
-
-    return evaluation.collect(data, torch_scorer(trained.model, torch.device("cpu")), "test",
-                              trained.model_cfg.max_len)
-
-
-def _summary(trained, raw) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from training import evaluation
-
-    history = trained.history
-    return {"metrics": evaluation.summarize(raw), "best_epoch": trained.best_epoch, "epochs_run": len(history),
-            "train_seconds": trained.seconds, "best_valid_NDCG@10": trained.best_valid_ndcg10,
-            "history": history}
+# A task's "kind" (kept in the run files under --work) -> the experiment that runs it.
+EXPERIMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "pretrain": cross_domain.pretrain,
+    "fraction": cross_domain.fraction,
+    "cold": cold_start.run,
+    "temporal_base": temporal.base,
+    "temporal_finetune": temporal.finetune,
+    "shared": shared_shoppers.run,
+}
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    kind, work, threads = task["kind"], Path(task["work"]), task["threads"]
-    text = {**task["overrides"], "use_text": True}
+    """One run (executed in a worker process), with its task and wall time attached."""
     started = time.perf_counter()
-    if kind == "pretrain":
-        data = _load(task["source"])
-        trained = _train(data, {**text, "max_minutes": task["pretrain_minutes"]}, task["seed"], threads)
-        _save_state(trained, data, work / "states" / "pretrain.pt", pretrain=True)
-        out = _summary(trained, _test_raw(trained, data))
-    elif kind == "fraction":
-        from training.data import sample_train_users
-
-        data = sample_train_users(_load(task["target"]), task["fraction"], task["seed"])
-        warm = _load_state(work / "states" / "pretrain.pt") if task["arm"] == FINETUNE else None
-        trained = _train(data, text, task["seed"], threads, warm)
-        if task.get("save_as"):
-            _save_state(trained, data, work / "states" / task["save_as"])
-        out = _summary(trained, _test_raw(trained, data))
-        out["train_users"] = int(data.train_users.sum())
-    elif kind == "cold":
-        from training.data import hold_out_items
-        from training.metrics import ranking_metrics
-
-        data, held = hold_out_items(_load(task["target"]), task["item_fraction"], task["seed"])
-        over = {"text": text, "text-id-dropout": {**text, "id_dropout": ID_DROPOUT}}.get(task["arm"], task["overrides"])
-        trained = _train(data, over, task["seed"], threads)
-        raw = _test_raw(trained, data)
-        from training.data import eval_set
-
-        cold = held[eval_set(data, "test", trained.model_cfg.max_len).targets]
-        out = _summary(trained, raw)
-        out["cold"] = {**ranking_metrics(raw.greater[cold], raw.ties[cold], (10, 20)), "users": int(cold.sum())}
-        out["held_items"] = int(held.sum())
-        out["random_HR@10"] = 10 / data.n_items
-    elif kind == "temporal_base":
-        from training.data import events_before
-
-        data = events_before(_load(task["target"]), task["cut"])
-        trained = _train(data, text, task["seed"], threads)
-        _save_state(trained, data, work / "states" / "temporal_base.pt")
-        out = {"best_valid_NDCG@10": trained.best_valid_ndcg10, "train_seconds": trained.seconds,
-               "users": len(data.users), "events": int(sum(len(s) for s in data.items))}
-    elif kind == "temporal_finetune":
-        from training.data import training_arrays
-
-        data = _load(task["target"])
-        if task["new_events_only"]:
-            data = data.with_train_since(task["cut"])
-        targets = training_arrays(data, 1)[1]
-        trained = _train(data, text, task["seed"], threads, _load_state(work / "states" / "temporal_base.pt"))
-        out = _summary(trained, _test_raw(trained, data))
-        out["train_users"] = len(targets)
-    elif kind == "shared":
-        out = shared_shoppers(task)
-    else:
-        raise ValueError(kind)
+    if task["kind"] not in EXPERIMENTS:
+        raise ValueError(task["kind"])
+    out = EXPERIMENTS[task["kind"]](task)
     out["task"] = {k: v for k, v in task.items() if k not in ("work",)}
     out["wall_seconds"] = time.perf_counter() - started
     return out
-
-
-def shared_shoppers(task: dict[str, Any]) -> dict[str, Any]:
-    """Score the target items for shoppers present in both domains, from their target history
-    alone and from it merged (by time) with their earlier source-domain events. Source items
-    enter the target model through their content (text projection) only."""
-    import torch
-
-    from training.data import EvalSet, Inputs, eval_set, pad_left
-    from training.evaluation import mask_history
-    from training.metrics import ranking_metrics, target_ranks
-    from training.model import ModelConfig
-    from training.text import item_text_table
-    from training.train import build_model
-
-    torch.set_num_threads(task["threads"])
-    target, source = _load(task["target"]), _load(task["source"])
-    state = _load_state(Path(task["work"]) / "states" / task["model"])
-    cfg = ModelConfig(**state["model_config"])
-    model = build_model(cfg, target, task["threads"])
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    source_text = torch.from_numpy(item_text_table(source.item_titles)[1:])
-    with torch.no_grad():
-        table = model.item_table()  # (Nt+1, D)
-        union = torch.cat([table, model.text_proj(source_text)])  # source item j -> row Nt + j
-
-    es = eval_set(target, "test", cfg.max_len)
-    source_user = {u: i for i, u in enumerate(source.users)}
-    rows = [r for r, u in enumerate(es.users) if target.users[u] in source_user]
-    merged_items, merged_types, merged_times, with_source = [], [], [], 0
-    for r in rows:
-        u = es.users[r]
-        t_end = len(es.histories[r])
-        s = source_user[target.users[u]]
-        cut = int(np.searchsorted(source.times[s], target.times[u][t_end], side="left"))  # strictly earlier
-        with_source += cut > 0
-        items = np.r_[source.items[s][:cut] + target.n_items, target.items[u][:t_end]]
-        types = np.r_[source.types[s][:cut], target.types[u][:t_end]]
-        times = np.r_[source.times[s][:cut], target.times[u][:t_end]]
-        order = np.argsort(times, kind="stable")
-        merged_items.append(items[order])
-        merged_types.append(types[order])
-        merged_times.append(times[order])
-    subset = EvalSet(es.users[rows], es.inputs.rows(np.array(rows, dtype=np.int64)), es.targets[rows],
-                     [es.histories[r] for r in rows])
-    alone = subset.inputs
-    merged = Inputs(*(pad_left(x, cfg.max_len) for x in (merged_items, merged_types, merged_times)))
-
-    def ranks(inputs: Inputs) -> dict[str, float]:
-        with torch.no_grad():
-            h = model.encode(*(torch.from_numpy(a) for a in (inputs.items, inputs.types, inputs.times)), union)[:, -1]
-            scores = (h @ table[1:].T).numpy()  # (U, Nt): target items only
-        mask_history(scores, subset, np.arange(len(rows)))
-        return ranking_metrics(*target_ranks(scores, subset.targets - 1), (10, 20))
-
-    return {"shoppers": len(rows), "with_earlier_source_events": int(with_source),
-            "target_history_only": ranks(alone), "with_source_history": ranks(merged)}
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -231,7 +80,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]
                 if arm == FINETUNE:
                     task["needs"] = ["pretrain"]
                 (after if arm == FINETUNE else free).append(task)
-    for arm in COLD_ARMS:
+    for arm in cold_start.ARMS:
         free.append({**base, "name": f"cold-{arm}", "kind": "cold", "arm": arm, "seed": 0, "item_fraction": 0.1})
     free.append({**base, "name": "temporal-base", "kind": "temporal_base", "seed": 0, "cut": args.cut})
     for name, new_only in (("temporal-finetune", True), ("temporal-finetune-all", False)):
@@ -249,14 +98,6 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 # --- the table -----------------------------------------------------------------------------
-
-
-def time_to_reach(history: list[dict[str, float]], level: float) -> float | None:
-    """Elapsed seconds at the end of the first epoch whose validation NDCG@10 reaches `level`."""
-    for row in history:
-        if row["valid_NDCG@10"] >= level:
-            return row["elapsed_seconds"]
-    return None
 
 
 def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -280,7 +121,7 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
         p = results["pretrain"]
         out["pretrain"] = {"NDCG@10": p["metrics"]["NDCG@10"], "train_seconds": p["train_seconds"],
                            "best_epoch": p["best_epoch"], "epochs_run": p["epochs_run"]}
-    cold = {arm: results.get(f"cold-{arm}") for arm in COLD_ARMS}
+    cold = {arm: results.get(f"cold-{arm}") for arm in cold_start.ARMS}
     out["cold_start"] = {arm: None if r is None else {**r["cold"], "NDCG@10_all": r["metrics"]["NDCG@10"],
                                                          "held_items": r["held_items"],
                                                          "random_HR@10": r["random_HR@10"]}
@@ -347,7 +188,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.transfer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.transfer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--source", default="Sports_and_Outdoors")
     parser.add_argument("--target", default="Beauty")

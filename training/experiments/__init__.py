@@ -1,0 +1,1 @@
+"""Benchmarks and experiment harnesses around the model; the model core never imports them."""
