@@ -23,7 +23,8 @@ Interest migration (`shift_weight` > 0, on by default): beside the next-item sco
 reads the same hidden state and predicts (a) the next event's category over the catalogue's
 categories (cross-entropy) and (b) whether that category is absent from the categories of the
 last `shift_window` events, "a move" (binary cross-entropy), trained jointly with the next-item
-loss. Its move logit also sees, detached, how much of the category head's and of the next-item
+loss (by default on the encoder's detached states, so the next-item model is unchanged by it;
+`shift_detach`). Its move logit also sees, detached, how much of the category head's and of the next-item
 distribution's mass lies outside the window. `migrate()` turns these into a calibrated
 P(move), a next-category distribution that spends P(move) on the destinations outside the window
 and 1 - P(move) inside it, and next-item scores re-weighted towards it by a factor `beta`
@@ -76,6 +77,8 @@ class ModelConfig:
     shift_window: int = 5  # events whose categories are "where the shopper is" for P(move)
     shift_weight: float = 0.2  # weight of the shift head's two losses beside the next-item loss;
     # 0 = no shift head (P(move) and destinations then come from the next-item distribution alone)
+    shift_detach: bool = True  # the shift losses do not train the encoder: the next-item model stays
+    # exactly what it is without the head (sharing the encoder cost Beauty NDCG@10, results log)
     loss: str = "ce"  # "ce": full softmax over the catalogue; "sampled": sampled softmax
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
 
@@ -180,19 +183,24 @@ class ShiftRec(nn.Module):
         self.register_buffer("item_cat", cats, persistent=True)  # (N+1,)
         # (N+1, C+1) one-hot: item probabilities @ it = category probabilities
         self.register_buffer("cat_onehot", F.one_hot(cats, C1).to(torch.float32), persistent=False)
-        if cfg.shift_weight > 0:
-            self.cat_head = nn.Linear(D, C1)  # next-category logits (column 0 = padding, masked)
-            self.move_head = nn.Linear(D, 1)  # move logit from the hidden state ...
-            self.move_mix = nn.Parameter(torch.zeros(2))  # ... plus these weights on logit(P_out)
-        # fitted on validation after training (training.migration); defaults leave the scores as they are
-        self.register_buffer("shift_cal", torch.tensor([1.0, 0.0]), persistent=True)  # Platt a, b of P(move)
-        self.register_buffer("dest_mix", torch.tensor(0.0), persistent=True)  # 0 head .. 1 item-aggregate
-        self.register_buffer("beta", torch.tensor(0.0), persistent=True)  # strength of the re-weighting
         self.emb_norm = nn.LayerNorm(D) if cfg.input_norm else nn.Identity()
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
+        # fitted on validation after training (training.migration); defaults leave the scores as they are
+        self.register_buffer("shift_cal", torch.tensor([1.0, 0.0]), persistent=True)  # Platt a, b of P(move)
+        self.register_buffer("dest_mix", torch.tensor(0.0), persistent=True)  # 0 head .. 1 item-aggregate
+        self.register_buffer("beta", torch.tensor(0.0), persistent=True)  # strength of the re-weighting
         self.apply(self._init_weights)
+        if cfg.shift_weight > 0:
+            # drawn from a forked random state: the encoder's initialisation and training draw the
+            # same numbers with or without the head
+            with torch.random.fork_rng(devices=[]):
+                self.cat_head = nn.Linear(D, C1)  # next-category logits (column 0 = padding, masked)
+                self.move_head = nn.Linear(D, 1)  # move logit from the hidden state ...
+                self.move_mix = nn.Parameter(torch.zeros(2))  # ... plus these weights on logit(P_out)
+                self.cat_head.apply(self._init_weights)
+                self.move_head.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -304,7 +312,8 @@ class ShiftRec(nn.Module):
             item_cat_p = F.softmax(logits.detach(), dim=-1) @ self.cat_onehot  # (P, C+1)
         else:  # no full distribution: the feature is left uninformative
             item_cat_p = torch.full_like(inside, 1.0 / inside.shape[1])
-        move, cat_logp, _ = self.shift_parts(hs, inside, item_cat_p)
+        head_in = hs.detach() if self.cfg.shift_detach else hs
+        move, cat_logp, _ = self.shift_parts(head_in, inside, item_cat_p)
         shift = F.nll_loss(cat_logp, y_cat) + F.binary_cross_entropy_with_logits(move, moved)
         return loss + self.cfg.shift_weight * shift
 

@@ -11,7 +11,6 @@ to worker processes and are kept as JSON under --work, so an interrupted benchma
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ COLUMNS = (("AUC_move", "AUC"), ("ECE_move", "ECE"), ("dest_top1", "dest top-1")
 BASELINE_NAMES = {"drift": "JSD drift score (GetInterestProfile)", "novelty": "recent window's novelty share",
                   "switch_rate": "shopper's own past move rate", "markov": "category transitions (Markov)",
                   "cooccurrence": "co-occurrence on the last item"}
+BEFORE = "model before this change (next-item scores; P(move) = their mass outside the window)"
+SERVED = "**ShiftRec (served: shift head, re-weighting)**"
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -36,11 +37,15 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     from training.train import load_overrides
 
     base = {"threads": args.threads, "max_minutes": args.max_minutes, **load_overrides(args.config)}
-    for domain in args.domains.split(","):
+    domains = args.domains.split(",")
+    fine_seeds, coarse_seeds = _per_domain(args.seeds, domains), _per_domain(args.coarse_seeds, domains)
+    for domain in domains:
         spec = f"s3rec:{Path(args.datasets) / 'amazon' / domain}"
         for level in args.categories.split(","):
             group = f"{domain}-{level}"
-            seeds = args.seeds if level == "fine" else args.coarse_seeds
+            seeds = fine_seeds[domain] if level == "fine" else coarse_seeds[domain]
+            if seeds == 0:
+                continue
             common = {"group": group, "spec": spec, "categories": level}
             tasks.append({"name": f"{group}-baselines", "variant": "baselines", "seed": 0, **common})
             tasks += [{"name": f"{group}-model-{s}", "variant": "model", "seed": s, "overrides": base, **common}
@@ -54,6 +59,16 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         tasks.append({"name": "Taobao-sample-model-0", "variant": "model", "seed": 0,
                       "overrides": {**base, "max_len": 50}, **common})
     return tasks
+
+
+def _per_domain(value: str, domains: list[str]) -> dict[str, int]:
+    """"3" for every domain, or "3,1": one count per domain, in order."""
+    counts = [int(v) for v in str(value).split(",")]
+    if len(counts) == 1:
+        counts *= len(domains)
+    if len(counts) != len(domains):
+        raise SystemExit(f"give one seed count, or one per domain ({len(domains)}): got {value!r}")
+    return dict(zip(domains, counts, strict=True))
 
 
 def baseline_rows(data: Any) -> dict[str, dict[str, float]]:
@@ -117,14 +132,11 @@ def collate(tasks: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> dic
         if task["variant"] == "baselines":
             for key, row in run["rows"].items():
                 methods.setdefault(BASELINE_NAMES[key], []).append(row)
-        elif task["variant"] == "before":
-            methods.setdefault("model before this change (no shift head, no re-weighting)", []).append(
-                run["migration"]["next_item_only"])
-        else:
-            methods.setdefault("ShiftRec: next-item scores only (re-weighting off)", []).append(
-                run["migration"]["next_item_only"])
-            methods.setdefault("**ShiftRec (served: shift head + re-weighting)**", []).append(
-                run["migration"]["served"] | {"beta": run["fit"].get("beta", 0.0)})
+        else:  # the model's next-item part is the model before the shift head (bit for bit: tested)
+            methods.setdefault(BEFORE, []).append(run["migration"]["next_item_only"])
+            if task["variant"] == "model":
+                methods.setdefault(SERVED, []).append(
+                    run["migration"]["served"] | {"beta": run["fit"].get("beta", 0.0)})
     return groups
 
 
@@ -142,8 +154,9 @@ def markdown(groups: dict[str, Any]) -> str:
     for name, group in groups.items():
         methods = group["methods"]
         first = next(iter(methods.values()))[0]
-        lines += [f"### {name} ({group['categories']} categories; {first['users']:.0f} test shoppers, "
-                  f"{100 * first['moved_share']:.1f} % moved)", "",
+        title = (f"### {name} ({group['categories']} categories; {first['users']:.0f} test shoppers, "
+                 f"{100 * first['moved_share']:.1f} % moved)")
+        lines += [title, "",
                   "| method | runs | " + " | ".join(label for _, label in COLUMNS) + " |",
                   "|---" * (len(COLUMNS) + 2) + "|"]
         for method, rows in methods.items():
@@ -157,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
     parser.add_argument("--categories", default="fine,coarse", help="granularities: fine,coarse")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the model at fine granularity")
-    parser.add_argument("--coarse-seeds", type=int, default=1, help="seeds of the model at coarse granularity")
-    parser.add_argument("--before-seeds", type=int, default=1, help="seeds of the model before the shift head")
+    parser.add_argument("--seeds", default="3", help="seeds of the model at fine granularity (or one per domain: 3,1)")
+    parser.add_argument("--coarse-seeds", default="1",
+                        help="seeds of the model at coarse granularity (or one per domain; 0 skips the domain)")
+    parser.add_argument("--before-seeds", type=int, default=0,
+                        help="extra runs without the shift head (its next-item model is the same: tested)")
     parser.add_argument("--no-taobao", dest="taobao", action="store_false", help="skip the Taobao smoke rows")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.features.server import build_server as build_features
-from services.inference.server import SERVICE_NAME
 from services.inference.runtime import ModelRuntime, PackageError, Step
+from services.inference.server import SERVICE_NAME
 from services.inference.server import build_server as build_inference
 from shared import model_package as pkg
 from shared.clients import open_channel

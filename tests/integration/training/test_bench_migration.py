@@ -31,19 +31,19 @@ def test_the_table_has_every_method_and_resumes(datasets, tmp_path, capsys):
             "--no-taobao", "--config", str(config), "--jobs", "2", "--work", str(tmp_path / "runs"),
             "--out", str(out)]
     assert bench.main(args) == 0
-    assert capsys.readouterr().err.count("[migration] start") == 6  # 2 granularities x (baselines, model, before)
+    assert capsys.readouterr().err.count("[migration] start") == 4  # 2 granularities x (baselines, model)
 
     groups = json.loads(out.read_text())["groups"]
     assert set(groups) == {"Tiny-fine", "Tiny-coarse"}
     for name, group in groups.items():
         methods = group["methods"]
-        assert len(methods) == len(bench.BASELINE_NAMES) + 3
+        assert len(methods) == len(bench.BASELINE_NAMES) + 2
         data = load_files(f"s3rec:{datasets / 'amazon' / 'Tiny'}", categories=name.split("-")[1])
         _, moved = migration.move_labels(data, "test", bench.WINDOW)
         for rows in methods.values():
             assert rows[0]["moved_share"] == pytest.approx(moved.mean())
             assert 0.0 <= rows[0]["AUC_move"] <= 1.0
-        served = methods["**ShiftRec (served: shift head + re-weighting)**"][0]
+        served = methods[bench.SERVED][0]
         for key in ("ECE_move", "dest_top1", "dest_top3", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved"):
             assert 0.0 <= served[key] <= 1.0
         aucs = [rows[0]["AUC_move"] for rows in methods.values()]
