@@ -101,6 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{report['split']} metrics (best epoch {report['best_epoch']} of {report['epochs_run']}, "
           f"{report['train_seconds']:.0f} s, {report['seconds_per_epoch']:.1f} s/epoch):")
     print(format_metrics(report["metrics"]))
+    served, fit = report["migration"]["served"], report["migration_fit"]
+    print(f"interest migration ({report['split']}; moved = next category not among the last "
+          f"{report['config']['model']['shift_window']} events'): {served['moved_share']:.1%} moved, "
+          f"P(move) AUC {served['AUC_move']:.3f} ECE {served['ECE_move']:.3f}, destinations top-3 "
+          f"{served.get('dest_top3', float('nan')):.3f}, NDCG@10 moved {served['NDCG@10_moved']:.4f} "
+          f"stayed {served['NDCG@10_stayed']:.4f} (beta {fit['beta']})")
     if "package" in report:
         print(f"published {report['package']}")
     if args.report_json:

@@ -1,8 +1,8 @@
 """The demo's PNG: each featured shopper's recent interest over categories through time, with
-the drift score, and the moment a shift was planted."""
+the drift score, the model's shift probability, and the moment a shift was planted."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,10 @@ class ShopperTimeline:
     times_us: list[int]
     categories: list[str]
     event_types: list[int]
+    item_ids: list[str]
     planted_at_us: int | None  # None: a shopper whose interest was left alone
     label: str
+    shift_probability: list[float] = field(default_factory=list)  # the model's, after each event
 
 
 def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -> Path:
@@ -53,15 +55,19 @@ def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -
                      fontsize=10, loc="left")
         right = ax.twinx()
         right.step(x, drift, where="post", color="black", linewidth=1.8, label="drift score")
+        if len(timeline.shift_probability) == n:
+            shift = np.append(timeline.shift_probability, timeline.shift_probability[-1])
+            right.step(x, shift, where="post", color="tab:blue", linewidth=1.6, linestyle="--")
         right.set_ylim(0, 1)
-        right.set_ylabel("drift score")
+        right.set_ylabel("drift / shift probability")
         if timeline.planted_at_us is not None:
             first = next(i for i, t in enumerate(timeline.times_us) if t >= timeline.planted_at_us)
             ax.axvline(first + 1, color="red", linestyle="--", linewidth=1.2)
         ax.set_xlim(1, n + 1)
     axes[-1, 0].set_xlabel("event number (red dashes: first event of the planted shift)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles + [plt.Line2D([], [], color="black")], labels + ["drift score"],
+    fig.legend(handles + [plt.Line2D([], [], color="black"), plt.Line2D([], [], color="tab:blue", linestyle="--")],
+               labels + ["drift score", "shift probability (next event leaves the last 5 events' categories)"],
                loc="upper center", ncol=min(len(names) + 1, 9), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)

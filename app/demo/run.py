@@ -1,7 +1,7 @@
 """The demo: start the three services on embedded defaults (SQLite, CPU), stream a storefront
 through IngestEvents, train and publish a model, let inference pick it up, show a few shoppers
-before and after their interests move (no retraining in between), say whether the planted shifts
-were detected, draw the chart, stop everything."""
+before and after their interests move (no retraining in between), say after how many events of
+the new category each planted shift was flagged, draw the chart, stop everything."""
 
 import json
 import shutil
@@ -15,6 +15,8 @@ from app.demo.chart import ShopperTimeline, draw
 from app.importer import import_records
 from app.processes import run_cli, running_stack
 from app.simulator import DAY_US, MINUTE_US, StorefrontSimulator
+from services.inference.runtime import ModelRuntime, Step
+from shared import model_package as pkg
 from shared.clients import open_channel
 from shared.datasets import read_s3rec, read_taobao, s3rec_events, s3rec_items
 from shared.protos import timestamp_us
@@ -88,6 +90,7 @@ def show(
     say(f"    recent     {top(profile.recent)}")
     say(f"    drift      {profile.drift_score:.2f}   model shift {profile.model_shift:.2f}"
         + (f"   rising: {top(profile.rising)}" if profile.rising else ""))
+    say(f"    predicted  shift probability {profile.shift_probability:.2f}   next: {top(profile.next_categories)}")
     return profile
 
 
@@ -98,6 +101,7 @@ def timeline(features: features_pb2_grpc.FeatureServiceStub, f: Featured) -> Sho
         [timestamp_us(h.event.occurred_at) for h in events],
         [h.category for h in events],
         [h.event.type for h in events],
+        [h.event.item_id for h in events],
         f.planted_at_us,
         f"planted shift into {f.new_category}" if f.new_category else "control: no shift planted",
     )
@@ -133,36 +137,50 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
         with open_channel(stack.features.target) as fch, open_channel(stack.inference.target) as ich:
             stubs = (features_pb2_grpc.FeatureServiceStub(fch), inference_pb2_grpc.InferenceServiceStub(ich))
             say("5. Before — what each shopper did and what ShiftRec recommends:")
-            before = {}
             for f in featured:
                 say(f"  {f.user_id}")
-                before[f.user_id] = show(stubs, f.user_id, categories).drift_score
-            plant(stack.ingestion.target, featured, catalogue, events)
-            say(f"\n6. Interests move: {BURST} new events in a category new to each shopper arrive through "
-                "IngestEvents (the control shopper gets none). No retraining.\n")
-            say("7. After:")
-            after = {}
-            rising = {}
+                show(stubs, f.user_id, categories)
+            bursts = plant(featured, catalogue, events)
+            say(f"\n6. Interests move: {BURST} new events in a category new to each shopper arrive one at a "
+                "time through IngestEvents (the control shopper gets none); after each, GetInterestProfile. "
+                "No retraining.")
+            traces = {f.user_id: [trace_point(stubs[1], f.user_id)] for f in featured}
+            for k in range(BURST):
+                import_records(stack.ingestion.target, [b[k] for b in bursts.values()], progress=False)
+                for f in featured:
+                    traces[f.user_id].append(trace_point(stubs[1], f.user_id))
+            for f in featured:
+                say(f"  {f.user_id:<18} shift probability " + " ".join(f"{p.shift:.2f}" for p in traces[f.user_id])
+                    + "   next: " + " ".join(p.next_category or "-" for p in traces[f.user_id][:5]) + " …")
+            say("\n7. After:")
             for f in featured:
                 say(f"  {f.user_id}" + (f"  (planted: now into {f.new_category})" if f.new_category else "  (control)"))
-                profile = show(stubs, f.user_id, categories)
-                after[f.user_id] = profile.drift_score
-                rising[f.user_id] = profile.rising[0].category if profile.rising else ""
+                show(stubs, f.user_id, categories)
             timelines = [timeline(stubs[0], f) for f in featured]
+    package = pkg.resolve_package(models)
+    for t in timelines:
+        t.shift_probability = shift_line(package, t)
     chart = draw(timelines, RECENT_WINDOW, out / "interest_shift.png")
-    say("\n8. Were the planted shifts detected? (drift ≥ "
-        f"{DETECT_DRIFT} and the planted category rising first)")
+    say("\n8. When was each planted shift flagged? ShiftRec: the predicted next category is the new one "
+        f"(next_categories); the drift score: drift ≥ {DETECT_DRIFT} with the new category rising first")
     detected_all = True
     for f in featured:
+        trace = traces[f.user_id]
+        new = f.new_category
+        # how many burst events it took (trace[0] is before the burst), or None
+        by_model = next((k for k, p in enumerate(trace) if k and p.next_category == new), None)
+        by_drift = next((k for k, p in enumerate(trace) if k and p.drift >= DETECT_DRIFT and p.rising == new), None)
         if f.new_category is None:
-            flagged = after[f.user_id] >= DETECT_DRIFT
+            flagged = any(p.next_category != trace[0].next_category for p in trace)
             verdict = "correctly not flagged" if not flagged else "FLAGGED (false alarm)"
+            say(f"  {f.user_id}: next category {trace[0].next_category} throughout, shift probability "
+                f"{trace[0].shift:.2f}, drift {trace[0].drift:.2f}: {verdict}")
         else:
-            flagged = after[f.user_id] >= DETECT_DRIFT and rising[f.user_id] == f.new_category
-            verdict = "detected" if flagged else "MISSED"
+            flagged = by_model is not None
+            say(f"  {f.user_id}: into {f.new_category} — ShiftRec after {_events(by_model)}, "
+                f"drift score after {_events(by_drift)}; shift probability {trace[0].shift:.2f} before, "
+                f"{max(p.shift for p in trace[1:]):.2f} at most during the burst")
         detected_all &= flagged == (f.new_category is not None)
-        say(f"  {f.user_id}: drift {before[f.user_id]:.2f} -> {after[f.user_id]:.2f}, "
-            f"rising {rising[f.user_id] or '-'}: {verdict}")
     say(f"\nChart of these shoppers' interest over time: {chart}")
     say(f"All services stopped. Took {time.monotonic() - started:.0f} s.")
     return 0 if detected_all else 1
@@ -189,22 +207,52 @@ def pick_shoppers(events: list[EventRecord], catalogue: list[ItemRecord]) -> lis
     return featured
 
 
-def plant(target: str, featured: list[Featured], catalogue: list[ItemRecord], events: list[EventRecord]) -> None:
-    """Send, from now, a burst in each featured shopper's new category that looks like the data:
-    its most common behaviour type (reviews, for Amazon) on that category's most popular items."""
+def plant(featured: list[Featured], catalogue: list[ItemRecord], events: list[EventRecord]) -> dict[str, list[EventRecord]]:
+    """A burst from now in each featured shopper's new category that looks like the data: its most
+    common behaviour type (reviews, for Amazon) on that category's most popular items."""
     now = time.time_ns() // 1_000 - 5 * MINUTE_US
     kind = Counter(e.event_type for e in events).most_common(1)[0][0]
     popularity = Counter(e.item_id for e in events)
     by_category: dict[str, list[str]] = {}
     for item in sorted(catalogue, key=lambda i: -popularity[i.item_id]):
         by_category.setdefault(item.category, []).append(item.item_id)
-    burst = []
+    bursts = {}
     for f in featured:
         if f.new_category is None:
             continue
         f.planted_at_us = now
         items = by_category[f.new_category]
-        for k in range(BURST):
-            burst.append(EventRecord(f"demo-shift:{f.user_id}:{k}", f.user_id, items[k % len(items)],
-                                     kind, now + k * MINUTE_US // 2, "demo-store"))
-    import_records(target, burst, progress=False)
+        bursts[f.user_id] = [EventRecord(f"demo-shift:{f.user_id}:{k}", f.user_id, items[k % len(items)],
+                                         kind, now + k * MINUTE_US // 2, "demo-store") for k in range(BURST)]
+    return bursts
+
+
+@dataclass
+class TracePoint:
+    """What GetInterestProfile said at one moment."""
+
+    shift: float
+    next_category: str
+    drift: float
+    rising: str
+
+
+def trace_point(inference: inference_pb2_grpc.InferenceServiceStub, user: str) -> TracePoint:
+    profile = inference.GetInterestProfile(
+        inference_pb2.GetInterestProfileRequest(user_id=user, recent_window=RECENT_WINDOW), timeout=5)
+    return TracePoint(profile.shift_probability,
+                      profile.next_categories[0].category if profile.next_categories else "",
+                      profile.drift_score, profile.rising[0].category if profile.rising else "")
+
+
+def _events(k: int | None) -> str:
+    return "never" if k is None else f"{k} event{'s' if k > 1 else ''}"
+
+
+def shift_line(package: Path, t: ShopperTimeline) -> list[float]:
+    """The served package's shift probability after each event of the shopper's history."""
+    runtime = ModelRuntime(package, device="cpu")
+    steps = [Step(i, e, at) for i, e, at in zip(t.item_ids, t.event_types, t.times_us, strict=True)]
+    feeds = runtime.encode([steps[: n + 1] for n in range(len(steps))])
+    shift = runtime.run_shift(feeds)
+    return [] if shift is None else [float(p) for p in shift[0]]

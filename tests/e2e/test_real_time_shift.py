@@ -1,6 +1,7 @@
 """Real time, end to end: a shopper with a stable history gets recommendations; a burst of
 events in another category is ingested; with no retraining, the next Recommend moves toward that
-category and GetInterestProfile shows it rising and the drift score up."""
+category, GetInterestProfile shows it rising and the drift score up, and the model's predicted
+next category moves from the old category to the new one."""
 
 import time
 from collections import Counter
@@ -71,3 +72,10 @@ def test_a_burst_in_a_new_category_moves_recommendations_and_profile(tmp_path) -
     assert profile_after.rising[0].category == new
     assert profile_after.drift_score > profile_before.drift_score + 0.3
     assert {c.category: c.weight for c in profile_after.recent}[new] > 0.9
+    # the model's prediction moved with the shopper: home was the most likely next category, now
+    # the new one is; P(move) is a calibrated probability over the model's window
+    assert profile_before.next_categories[0].category == home
+    assert profile_after.next_categories[0].category == new
+    assert {c.category: c.weight for c in profile_after.next_categories}[new] > 0.5
+    for profile in (profile_before, profile_after):
+        assert 0.0 < profile.shift_probability < 1.0 and profile.shift_window == 5
