@@ -24,6 +24,7 @@ Outputs (float32):
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,9 +89,42 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, raw: Any) -> "Manifest":
+        """The manifest in `raw` (parsed JSON); ValueError naming the first defect found."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"manifest must be a JSON object, not {type(raw).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        manifest = cls(**{k: v for k, v in raw.items() if k in known})
+        problem = manifest.problem()
+        if problem:
+            raise ValueError(f"manifest: {problem}")
+        return manifest
+
+    def problem(self) -> str | None:
+        """What makes this manifest unusable for serving, or None."""
+        checks: list[tuple[bool, str]] = [
+            (isinstance(self.version, str) and VERSION_PATTERN.fullmatch(self.version) is not None,
+             "version must be a plain name"),
+            (_positive_int(self.max_len), "max_len must be a positive integer"),
+            (_positive_int(self.dim), "dim must be a positive integer"),
+            (isinstance(self.item_vocab, list) and len(self.item_vocab) > 0
+             and all(isinstance(i, str) for i in self.item_vocab), "item_vocab must be a non-empty list of strings"),
+            (isinstance(self.item_categories, list) and all(isinstance(c, str) for c in self.item_categories),
+             "item_categories must be a list of strings"),
+            (isinstance(self.popular_items, list), "popular_items must be a list"),
+            (isinstance(self.calibration, dict) and all(
+                isinstance(self.calibration.get(k), int | float) for k in ("a", "b")),
+             "calibration must hold numbers a and b"),
+            (isinstance(self.parity_sample, dict), "parity_sample must be an object"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
+
+
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a directory name, never a path
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_manifest(package_dir: str | Path) -> Manifest:
@@ -106,6 +140,16 @@ def latest_version(model_dir: str | Path) -> str | None:
     except FileNotFoundError:
         return None
     return name or None
+
+
+def older_versions(model_dir: str | Path, than: str | None) -> list[str]:
+    """The published versions in `model_dir` other than `than`, newest name first (version
+    names start with their UTC creation time)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    names = [p.name for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)]
+    return sorted((n for n in names if n != than and (root / n / MANIFEST_FILE).is_file()), reverse=True)
 
 
 def resolve_package(path: str | Path) -> Path:
