@@ -6,6 +6,7 @@ import contextvars
 import hmac
 import inspect
 import logging
+import os
 import signal
 import time
 import uuid
@@ -25,6 +26,7 @@ from grpc_status import rpc_status
 
 from shared import metrics
 from shared.errors import (
+    ConfigurationError,
     FailedPrecondition,
     InvalidArgument,
     ShiftRecError,
@@ -405,12 +407,37 @@ class GrpcServer:
         await self.stop()
 
 
+def tls_from_settings(settings: Settings) -> TlsFiles | None:
+    """The TLS files to serve with, or None when no TLS setting is given at all.
+
+    TLS never fails open: any TLS setting without the others it needs (a certificate without
+    its key, a CA bundle alone), or a file that cannot be read, is a ConfigurationError naming
+    what is missing, instead of serving plaintext."""
+    given = {
+        "SHIFTREC_TLS_CERT_FILE": settings.tls_cert_file,
+        "SHIFTREC_TLS_KEY_FILE": settings.tls_key_file,
+        "SHIFTREC_TLS_CA_FILE": settings.tls_ca_file,
+    }
+    if not any(given.values()):
+        return None
+    missing = [name for name in ("SHIFTREC_TLS_CERT_FILE", "SHIFTREC_TLS_KEY_FILE") if not given[name]]
+    if missing:
+        present = [name for name, value in given.items() if value]
+        raise ConfigurationError(
+            f"incomplete TLS configuration: {' and '.join(missing)} not set (only {', '.join(present)}); "
+            "refusing to serve plaintext"
+        )
+    unreadable = [f"{name}={value}" for name, value in given.items() if value and not os.access(value, os.R_OK)]
+    if unreadable:
+        raise ConfigurationError(f"TLS file not readable: {', '.join(unreadable)}; refusing to start")
+    return TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file or None)
+
+
 def server_from_settings(settings: Settings, services: Iterable[Service], port: int) -> GrpcServer:
     """A GrpcServer with the limits, grace period, token and TLS from `settings`; starts the
-    process's /metrics endpoint when configured."""
-    tls = None
-    if settings.tls_cert_file and settings.tls_key_file:
-        tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    process's /metrics endpoint when configured. Refuses (ConfigurationError) a partial TLS
+    configuration."""
+    tls = tls_from_settings(settings)
     metrics.serve_metrics(settings.metrics_port, settings.bind_host)
     return GrpcServer(
         services,
