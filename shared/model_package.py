@@ -25,6 +25,7 @@ Outputs (float32):
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,9 +91,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: Any) -> "Manifest":
-        """The manifest in `raw` (parsed JSON); ValueError naming the first defect found."""
+        """The manifest in `raw` (parsed JSON); TypeError or ValueError naming the first defect."""
         if not isinstance(raw, dict):
-            raise ValueError(f"manifest must be a JSON object, not {type(raw).__name__}")
+            raise TypeError(f"manifest must be a JSON object, not {type(raw).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         manifest = cls(**{k: v for k, v in raw.items() if k in known})
         problem = manifest.problem()
@@ -142,14 +143,31 @@ def latest_version(model_dir: str | Path) -> str | None:
     return name or None
 
 
-def older_versions(model_dir: str | Path, than: str | None) -> list[str]:
-    """The published versions in `model_dir` other than `than`, newest name first (version
-    names start with their UTC creation time)."""
+def published_versions(model_dir: str | Path) -> list[str]:
+    """The version directories in `model_dir` (staging directories excluded), newest first:
+    by when their files were written, then by name."""
     root = Path(model_dir)
     if not root.is_dir():
         return []
-    names = [p.name for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)]
-    return sorted((n for n in names if n != than and (root / n / MANIFEST_FILE).is_file()), reverse=True)
+    found = [p for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)]
+    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)]
+
+
+def older_versions(model_dir: str | Path, than: str | None) -> list[str]:
+    """The published versions with a manifest other than `than`, newest first."""
+    root = Path(model_dir)
+    return [v for v in published_versions(root) if v != than and (root / v / MANIFEST_FILE).is_file()]
+
+
+def prune_versions(model_dir: str | Path, keep: int) -> list[str]:
+    """Delete all but the `keep` newest versions, never the one LATEST names; return the
+    deleted ones. Old packages go, and with them whatever they hold (retention)."""
+    root = Path(model_dir)
+    latest = latest_version(root)
+    doomed = [v for v in published_versions(root)[max(keep, 1):] if v != latest]
+    for version in doomed:
+        shutil.rmtree(root / version, ignore_errors=True)
+    return doomed
 
 
 def resolve_package(path: str | Path) -> Path:
@@ -170,8 +188,9 @@ def staging_dir(model_dir: str | Path, version: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=root))
 
 
-def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> Path:
-    """Move a fully written staging directory to `<model_dir>/<version>` and point LATEST at it.
+def publish_package(staged: str | Path, model_dir: str | Path, version: str, keep: int | None = None) -> Path:
+    """Move a fully written staging directory to `<model_dir>/<version>` and point LATEST at it,
+    then keep only the `keep` newest versions (default SHIFTREC_MODEL_KEEP).
 
     Files and directories are fsynced before each rename, and both renames are atomic, so a
     reader that follows LATEST sees either the previous package or the complete new one.
@@ -193,6 +212,11 @@ def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> 
         os.fsync(f.fileno())
     os.replace(tmp_latest, root / LATEST_FILE)
     _fsync_dir(root)
+    if keep is None:
+        from shared.settings import Settings
+
+        keep = Settings().model_keep
+    prune_versions(root, keep)
     return final
 
 

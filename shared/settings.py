@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     model_dir: str = Field(
         "var/models", description="Model directory: one folder per version and a LATEST file."
     )
+    model_keep: int = Field(
+        5, ge=1,
+        description="Model versions kept in the model directory; older ones are deleted after "
+        "each publish (never the one LATEST names).",
+    )
     model_poll_seconds: float = Field(
         2.0, gt=0, description="How often inference looks for a newly published model."
     )
