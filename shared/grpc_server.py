@@ -75,15 +75,14 @@ def error_status(error: ShiftRecError) -> grpc.Status:
 
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
     """Base for interceptors of unary-unary methods (health Watch and reflection pass through)."""
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
@@ -148,9 +147,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self.expected = f"Bearer {token}".encode()
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         if not handler_call_details.method.startswith(PROTECTED_PREFIX):
             return await continuation(handler_call_details)
@@ -178,9 +175,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         self.in_flight = {"calls": 0, "streams": 0}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
