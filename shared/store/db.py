@@ -1,5 +1,8 @@
 """Engine creation (SQLite pragmas, PostgreSQL pool) and schema upgrades through Alembic."""
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +33,15 @@ def create_store_engine(database_url: str, *, pool_size: int = 8) -> Engine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        lock_file = f"{url.database}.startup-lock" if url.database and url.database != ":memory:" else None
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # Turning a fresh file to WAL needs it to itself, and SQLite answers "database is
+            # locked" at once (no busy wait) to processes doing the same: they take turns.
+            with _file_lock(lock_file):
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
@@ -61,6 +68,20 @@ def create_store_engine(database_url: str, *, pool_size: int = 8) -> Engine:
     return create_engine(
         url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )
+
+
+@contextmanager
+def _file_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) across processes; no-op for None."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_store(database_url: str, *, pool_size: int = 8, migrate: bool = True) -> "EventStore":
