@@ -25,6 +25,12 @@ RETRY_POLICY = {
 }
 
 
+# A retry budget per channel (gRPC's retryThrottling): each failed attempt costs a token, each
+# success gives back 0.1; retries stop while half the tokens are gone. A blip is still retried
+# five times, but a lasting outage sees about one attempt per call instead of five.
+RETRY_THROTTLING = {"maxTokens": 10, "tokenRatio": 0.1}
+
+
 def service_config(retries: bool) -> str:
     """round_robin over every address a name resolves to (a headless Service's pods) and, for
     callers at the edge, the retry policy. Hops inside ShiftRec do not retry: the caller at the
@@ -36,9 +42,11 @@ def service_config(retries: bool) -> str:
             {"service": "shiftrec.v1.InferenceService"},
         ]
     }
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]}
     if retries:
         method["retryPolicy"] = RETRY_POLICY
-    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
+        config["retryThrottling"] = RETRY_THROTTLING
+    return json.dumps(config)
 
 
 

@@ -23,3 +23,8 @@ class Unavailable(ShiftRecError):
 
 class FailedPrecondition(ShiftRecError):
     """The system is not in a state that allows the call (e.g. no model loaded yet)."""
+
+
+class ConfigurationError(ValueError):
+    """The settings cannot be served safely (e.g. half a TLS configuration); the process
+    refuses to start, the message naming what is missing."""

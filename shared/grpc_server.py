@@ -4,16 +4,18 @@ domain errors -> status codes), TLS, health, reflection, graceful stop."""
 import asyncio
 import contextvars
 import hmac
+import inspect
 import logging
+import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -24,6 +26,7 @@ from grpc_status import rpc_status
 
 from shared import metrics
 from shared.errors import (
+    ConfigurationError,
     FailedPrecondition,
     InvalidArgument,
     ShiftRecError,
@@ -72,16 +75,16 @@ def error_status(error: ShiftRecError) -> grpc.Status:
 
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any] | None"  # quoted: subscriptable in the stubs only
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
     """Base for interceptors of unary-unary methods (health Watch and reflection pass through)."""
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> "grpc.RpcMethodHandler[Any, Any] | None":  # quoted: subscriptable in the stubs only
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -131,23 +134,98 @@ class ObservingInterceptor(UnaryInterceptor):
         return observed
 
 
-class BearerTokenInterceptor(UnaryInterceptor):
-    """UNAUTHENTICATED unless `authorization: Bearer <token>` matches (shiftrec.v1 RPCs only)."""
+def _skip_body(data: bytes) -> None:
+    """The request decoder of a refused call: its bytes are never parsed."""
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED unless `authorization: Bearer <token>` matches (shiftrec.v1 RPCs only).
+
+    A refused call gets a handler of its own, decided from the metadata alone: its request is
+    never decoded, and it never reaches the interceptors behind this one (the call limit)."""
 
     def __init__(self, token: str) -> None:
         self.expected = f"Bearer {token}".encode()
 
-    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
-        if not details.method.startswith(PROTECTED_PREFIX):
-            return behaviour
-        given = str(dict(details.invocation_metadata or ()).get("authorization", "")).encode()
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        if not handler_call_details.method.startswith(PROTECTED_PREFIX):
+            return await continuation(handler_call_details)
+        given = str(dict(handler_call_details.invocation_metadata or ()).get("authorization", "")).encode()
         if hmac.compare_digest(given, self.expected):
-            return behaviour
+            return await continuation(handler_call_details)
 
         async def refused(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
-        return refused
+        return grpc.unary_unary_rpc_method_handler(refused, request_deserializer=_skip_body)
+
+
+class CallLimitInterceptor(grpc.aio.ServerInterceptor):
+    """RESOURCE_EXHAUSTED at once beyond the calls a server takes at the same time.
+
+    shiftrec.v1 calls (behind the token check: only authenticated ones get here) share
+    `max_calls`. Health Watch and reflection streams, open to anyone, have their own
+    `max_open_streams`, so however many of them are held, authenticated calls and probes
+    (health Check, which ends at once and is never refused) keep their capacity.
+    One event loop serves all calls, so plain counters suffice."""
+
+    def __init__(self, max_calls: int, max_open_streams: int) -> None:
+        self.limits = {"calls": max_calls, "streams": max_open_streams}
+        self.in_flight = {"calls": 0, "streams": 0}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler_call_details.method.startswith(PROTECTED_PREFIX):
+            pool = "calls"
+        elif handler.unary_unary is None:
+            pool = "streams"
+        else:
+            return handler  # health Check: answered from memory at once
+        kinds = {
+            "unary_unary": grpc.unary_unary_rpc_method_handler,
+            "unary_stream": grpc.unary_stream_rpc_method_handler,
+            "stream_unary": grpc.stream_unary_rpc_method_handler,
+            "stream_stream": grpc.stream_stream_rpc_method_handler,
+        }
+        kind = next(k for k in kinds if getattr(handler, k) is not None)
+        return kinds[kind](
+            self._limited(getattr(handler, kind), pool),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _limited(self, behaviour: Callable[..., Any], pool: str) -> Callable[..., Any]:
+        async def take_slot(context: grpc.aio.ServicerContext) -> None:
+            if self.in_flight[pool] >= self.limits[pool]:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {pool} at capacity")
+            self.in_flight[pool] += 1
+
+        if inspect.isasyncgenfunction(behaviour):  # a streaming response written by `yield`
+
+            async def limited_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await take_slot(context)
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                finally:
+                    self.in_flight[pool] -= 1
+
+            return limited_stream
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await take_slot(context)
+            try:
+                return await behaviour(request, context)
+            finally:
+                self.in_flight[pool] -= 1
+
+        return limited
 
 
 @dataclass(frozen=True)
@@ -242,6 +320,7 @@ class GrpcServer:
         max_message_bytes: int,
         max_concurrent_rpcs: int,
         stop_grace_seconds: float,
+        max_open_streams: int = 64,
         auth_token: str | None = None,
         tls: TlsFiles | None = None,
         health_port: int = 0,
@@ -252,7 +331,7 @@ class GrpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor()]
         if auth_token:
             interceptors.append(BearerTokenInterceptor(auth_token))
-        interceptors.append(DomainErrorInterceptor())
+        interceptors += [CallLimitInterceptor(max_concurrent_rpcs, max_open_streams), DomainErrorInterceptor()]
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -262,7 +341,6 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(stop_grace_seconds * 1000)),
             ],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         for service in self.services:
             service.add_to_server(service.servicer, self.server)
@@ -280,7 +358,10 @@ class GrpcServer:
         # Probes cannot speak TLS: the same health servicer, alone, on a plaintext port.
         self.health_server: grpc.aio.Server | None = None
         if health_port:
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self.health_server = grpc.aio.server(
+                interceptors=[CallLimitInterceptor(max_concurrent_rpcs, max_open_streams)],
+                options=[("grpc.so_reuseport", 0)],
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             if self.health_server.add_insecure_port(f"{host}:{health_port}") == 0:
                 raise OSError(f"cannot listen on {host}:{health_port}")
@@ -321,12 +402,37 @@ class GrpcServer:
         await self.stop()
 
 
+def tls_from_settings(settings: Settings) -> TlsFiles | None:
+    """The TLS files to serve with, or None when no TLS setting is given at all.
+
+    TLS never fails open: any TLS setting without the others it needs (a certificate without
+    its key, a CA bundle alone), or a file that cannot be read, is a ConfigurationError naming
+    what is missing, instead of serving plaintext."""
+    given = {
+        "SHIFTREC_TLS_CERT_FILE": settings.tls_cert_file,
+        "SHIFTREC_TLS_KEY_FILE": settings.tls_key_file,
+        "SHIFTREC_TLS_CA_FILE": settings.tls_ca_file,
+    }
+    if not any(given.values()):
+        return None
+    missing = [name for name in ("SHIFTREC_TLS_CERT_FILE", "SHIFTREC_TLS_KEY_FILE") if not given[name]]
+    if missing:
+        present = [name for name, value in given.items() if value]
+        raise ConfigurationError(
+            f"incomplete TLS configuration: {' and '.join(missing)} not set (only {', '.join(present)}); "
+            "refusing to serve plaintext"
+        )
+    unreadable = [f"{name}={value}" for name, value in given.items() if value and not os.access(value, os.R_OK)]
+    if unreadable:
+        raise ConfigurationError(f"TLS file not readable: {', '.join(unreadable)}; refusing to start")
+    return TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file or None)
+
+
 def server_from_settings(settings: Settings, services: Iterable[Service], port: int) -> GrpcServer:
     """A GrpcServer with the limits, grace period, token and TLS from `settings`; starts the
-    process's /metrics endpoint when configured."""
-    tls = None
-    if settings.tls_cert_file and settings.tls_key_file:
-        tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    process's /metrics endpoint when configured. Refuses (ConfigurationError) a partial TLS
+    configuration."""
+    tls = tls_from_settings(settings)
     metrics.serve_metrics(settings.metrics_port, settings.bind_host)
     return GrpcServer(
         services,
@@ -334,6 +440,7 @@ def server_from_settings(settings: Settings, services: Iterable[Service], port: 
         port=port,
         max_message_bytes=settings.max_message_bytes,
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        max_open_streams=settings.max_open_streams,
         stop_grace_seconds=settings.stop_grace_seconds,
         auth_token=settings.auth_token or None,
         tls=tls,

@@ -24,6 +24,11 @@ MODEL_INFO = Gauge(
 )
 MODEL_LOADS = Counter("shiftrec_model_loads", "Model packages loaded and swapped in")
 MODEL_LOAD_FAILURES = Counter("shiftrec_model_load_failures", "Model packages refused")
+FEATURE_AUTH_FAILURES = Counter(
+    "shiftrec_feature_auth_failures",
+    "Calls of inference to FeatureService refused for authentication or permission, by code",
+    ["code"],
+)
 RECOMMEND_STRATEGY = Counter(
     "shiftrec_recommend_strategy", "Recommend responses by strategy", ["strategy"]
 )

@@ -32,6 +32,8 @@ Packages from before the shift outputs carry only the first three outputs; reade
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,9 +107,42 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, raw: Any) -> "Manifest":
+        """The manifest in `raw` (parsed JSON); TypeError or ValueError naming the first defect."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"manifest must be a JSON object, not {type(raw).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        manifest = cls(**{k: v for k, v in raw.items() if k in known})
+        problem = manifest.problem()
+        if problem:
+            raise ValueError(f"manifest: {problem}")
+        return manifest
+
+    def problem(self) -> str | None:
+        """What makes this manifest unusable for serving, or None."""
+        checks: list[tuple[bool, str]] = [
+            (isinstance(self.version, str) and VERSION_PATTERN.fullmatch(self.version) is not None,
+             "version must be a plain name"),
+            (_positive_int(self.max_len), "max_len must be a positive integer"),
+            (_positive_int(self.dim), "dim must be a positive integer"),
+            (isinstance(self.item_vocab, list) and len(self.item_vocab) > 0
+             and all(isinstance(i, str) for i in self.item_vocab), "item_vocab must be a non-empty list of strings"),
+            (isinstance(self.item_categories, list) and all(isinstance(c, str) for c in self.item_categories),
+             "item_categories must be a list of strings"),
+            (isinstance(self.popular_items, list), "popular_items must be a list"),
+            (isinstance(self.calibration, dict) and all(
+                isinstance(self.calibration.get(k), int | float) for k in ("a", "b")),
+             "calibration must hold numbers a and b"),
+            (isinstance(self.parity_sample, dict), "parity_sample must be an object"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
+
+
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a directory name, never a path
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_manifest(package_dir: str | Path) -> Manifest:
@@ -123,6 +158,33 @@ def latest_version(model_dir: str | Path) -> str | None:
     except FileNotFoundError:
         return None
     return name or None
+
+
+def published_versions(model_dir: str | Path) -> list[str]:
+    """The version directories in `model_dir` (staging directories excluded), newest first:
+    by when their files were written, then by name."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)]
+    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)]
+
+
+def older_versions(model_dir: str | Path, than: str | None) -> list[str]:
+    """The published versions with a manifest other than `than`, newest first."""
+    root = Path(model_dir)
+    return [v for v in published_versions(root) if v != than and (root / v / MANIFEST_FILE).is_file()]
+
+
+def prune_versions(model_dir: str | Path, keep: int) -> list[str]:
+    """Delete all but the `keep` newest versions, never the one LATEST names; return the
+    deleted ones. Old packages go, and with them whatever they hold (retention)."""
+    root = Path(model_dir)
+    latest = latest_version(root)
+    doomed = [v for v in published_versions(root)[max(keep, 1):] if v != latest]
+    for version in doomed:
+        shutil.rmtree(root / version, ignore_errors=True)
+    return doomed
 
 
 def resolve_package(path: str | Path) -> Path:
@@ -143,8 +205,9 @@ def staging_dir(model_dir: str | Path, version: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=root))
 
 
-def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> Path:
-    """Move a fully written staging directory to `<model_dir>/<version>` and point LATEST at it.
+def publish_package(staged: str | Path, model_dir: str | Path, version: str, keep: int | None = None) -> Path:
+    """Move a fully written staging directory to `<model_dir>/<version>` and point LATEST at it,
+    then keep only the `keep` newest versions (default SHIFTREC_MODEL_KEEP).
 
     Files and directories are fsynced before each rename, and both renames are atomic, so a
     reader that follows LATEST sees either the previous package or the complete new one.
@@ -166,6 +229,11 @@ def publish_package(staged: str | Path, model_dir: str | Path, version: str) -> 
         os.fsync(f.fileno())
     os.replace(tmp_latest, root / LATEST_FILE)
     _fsync_dir(root)
+    if keep is None:
+        from shared.settings import Settings
+
+        keep = Settings().model_keep
+    prune_versions(root, keep)
     return final
 
 

@@ -29,7 +29,14 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, ge=1024, description="Largest gRPC message a server accepts or sends."
     )
     max_concurrent_rpcs: int = Field(
-        256, ge=1, description="RPCs in flight per server; beyond it calls get RESOURCE_EXHAUSTED."
+        256, ge=1,
+        description="shiftrec.v1 RPCs in flight per server (authenticated ones only, when a token "
+        "is set); beyond it calls get RESOURCE_EXHAUSTED.",
+    )
+    max_open_streams: int = Field(
+        64, ge=1,
+        description="Health Watch and reflection streams (open without a token) a server keeps at "
+        "once; beyond it they get RESOURCE_EXHAUSTED. Never counted in max_concurrent_rpcs.",
     )
     db_workers: int = Field(4, ge=1, description="Threads a server uses for database calls.")
     health_port: int = Field(
@@ -50,6 +57,11 @@ class Settings(BaseSettings):
     )
     model_dir: str = Field(
         "var/models", description="Model directory: one folder per version and a LATEST file."
+    )
+    model_keep: int = Field(
+        5, ge=1,
+        description="Model versions kept in the model directory; older ones are deleted after "
+        "each publish (never the one LATEST names).",
     )
     model_poll_seconds: float = Field(
         2.0, gt=0, description="How often inference looks for a newly published model."

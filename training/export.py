@@ -16,6 +16,7 @@ from shared import model_package as pkg
 from shared.encoding import model_inputs
 from training.data import SequenceData, eval_set
 from training.model import ShiftRec
+from training.parity_sample import synthetic_parity_inputs
 from training.text import ENCODER_NAME
 
 OPSET = 17
@@ -170,7 +171,7 @@ def export_package(
         export_onnx(serving, onnx_path, cfg.max_len)
         feeds = parity_inputs(data, cfg.max_len)
         parity = check_parity(onnx_path, serving, feeds)
-        sample = {n: feeds[n][:SAMPLE_USERS] for n in pkg.INPUT_NAMES}
+        sample = synthetic_parity_inputs(data.n_items, cfg.max_len, SAMPLE_USERS)  # no shopper's data
         with torch.no_grad():
             scores, probs, _, shift, categories = serving(*(torch.from_numpy(sample[n]) for n in pkg.INPUT_NAMES))
         top_scores, top_idx = scores.topk(TOP_K, dim=1)

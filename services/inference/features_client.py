@@ -1,12 +1,18 @@
 """The inference service's client of FeatureService, with a deadline on every call."""
 
+import logging
+
 import grpc
 
 from services.inference.runtime import Step
+from shared import metrics
 from shared.clients import ClientConfig, open_aio_channel
 from shared.errors import Unavailable
 from shared.protos import timestamp_us
 from shiftrec.v1 import features_pb2, features_pb2_grpc
+
+log = logging.getLogger(__name__)
+AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 class FeatureClient:
@@ -21,7 +27,10 @@ class FeatureClient:
     async def history(self, user_id: str) -> tuple[list[Step], list[str]]:
         """The user's recent events as model steps, and each event's item category.
 
-        Raises Unavailable when the feature service does not answer within the deadline.
+        Raises Unavailable when the feature service does not answer within the deadline, or
+        refuses the call. A refusal for the token (UNAUTHENTICATED, PERMISSION_DENIED) is a
+        misconfiguration, not an outage: it is logged as an error and counted
+        (shiftrec_feature_auth_failures) before callers fall back like for an outage.
         """
         try:
             response = await self.stub.GetUserHistory(
@@ -29,6 +38,10 @@ class FeatureClient:
                 timeout=self.timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in AUTH_CODES:
+                metrics.FEATURE_AUTH_FAILURES.labels(exc.code().name).inc()
+                log.error("feature service refused inference's credentials; check SHIFTREC_AUTH_TOKEN",
+                          extra={"code": exc.code().name, "reason": exc.details()})
             raise Unavailable(f"feature service: {exc.code().name}: {exc.details()}") from exc
         steps = [
             Step(h.event.item_id, h.event.type, timestamp_us(h.event.occurred_at)) for h in response.events

@@ -46,32 +46,47 @@ class ModelRegistry:
         return self._current is not None
 
     def refresh(self) -> bool:
-        """Load the version LATEST names if it is new and not refused before; True if swapped."""
+        """Load the version LATEST names if it is new and not refused before; True if swapped.
+
+        Any defect of a package (manifest, ONNX file, vocabulary, parity) refuses that version
+        once, with one log line, and it is not tried again. With no model loaded yet and LATEST
+        refused, the newest older version on disk that loads is served instead."""
         with self._lock:
             version = pkg.latest_version(self.model_dir)
             current = self._current.version if self._current else None
-            if version is None or version == current or version in self._refused:
+            if version is None or version == current:
                 return False
-            try:
-                runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads)
-                if runtime.version != version:
-                    raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")
-                runtime.warm_up()
-                diff = runtime.check_parity()
-            except PackageError as exc:
-                self._refused.add(version)
-                self.stats.load_failures += 1
-                self.stats.refused_versions.append(version)
-                metrics.MODEL_LOAD_FAILURES.inc()
-                log.error("model refused; still serving the previous one",
-                          extra={"version": version, "serving": current, "error": str(exc)})
+            if version not in self._refused and self._load(version, current):
+                return True
+            if self._current is not None:
                 return False
-            self._current = runtime  # the swap: one reference assignment
-            self.stats.loads += 1
-            metrics.MODEL_LOADS.inc()
-            metrics.MODEL_INFO.clear()
-            metrics.MODEL_INFO.labels(version, runtime.provider).set(1)
-            log.info("model loaded", extra={"version": version, "previous": current,
-                                            "provider": runtime.provider, "parity_max_diff": diff,
-                                            "items": len(runtime.item_vocab)})
-            return True
+            return any(self._load(older, None) for older in pkg.older_versions(self.model_dir, version)
+                       if older not in self._refused)
+
+    def _load(self, version: str, current: str | None) -> bool:
+        """Load, check and swap in `version`; False (and refused) if anything is wrong with it."""
+        try:
+            if pkg.VERSION_PATTERN.fullmatch(version) is None:
+                raise PackageError(f"LATEST names {version!r}, not a version directory")
+            runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads)
+            if runtime.version != version:
+                raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")
+            runtime.warm_up()
+            diff = runtime.check_parity()
+        except Exception as exc:  # noqa: BLE001 - whatever a package does, it is only refused
+            self._refused.add(version)
+            self.stats.load_failures += 1
+            self.stats.refused_versions.append(version)
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.error("model refused; not tried again",
+                      extra={"version": version, "serving": current, "error": f"{type(exc).__name__}: {exc}"})
+            return False
+        self._current = runtime  # the swap: one reference assignment
+        self.stats.loads += 1
+        metrics.MODEL_LOADS.inc()
+        metrics.MODEL_INFO.clear()
+        metrics.MODEL_INFO.labels(version, runtime.provider).set(1)
+        log.info("model loaded", extra={"version": version, "previous": current,
+                                        "provider": runtime.provider, "parity_max_diff": diff,
+                                        "items": len(runtime.item_vocab)})
+        return True

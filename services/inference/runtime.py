@@ -122,7 +122,10 @@ class ModelRuntime:
         """First runs allocate and tune; do them before taking traffic."""
         for batch in (1, 8):
             feeds = {name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES}
-            self.run(feeds)
+            scores, _, _ = self.run(feeds)
+            if scores.shape != (batch, len(self.item_vocab)):
+                raise PackageError(f"{self.package_dir}: model scores {scores.shape[1:]} items, "
+                                   f"item_vocab has {len(self.item_vocab)}")
 
     def check_parity(self) -> float:
         """Re-run the manifest's sample: identical top-10 and scores within tolerance, else

@@ -1,8 +1,9 @@
 """Use-case methods over the event store; no gRPC here, plain values in and out."""
 
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, Row, delete, func, select, text
@@ -10,10 +11,32 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.errors import Unavailable
+from shared.store.db import writer
 from shared.store.models import ErasureRow, EventRow, ItemRow
 
 # Rows per INSERT statement; SQLite allows 32,766 bound parameters, 9 columns each.
 _INSERT_CHUNK = 2_000
+
+# Rows one DELETE statement removes: erasing a very large shopper takes several statements
+# (in one transaction), each well within the statement timeout.
+_DELETE_CHUNK = 10_000
+
+# Erasure vs. re-sent events on PostgreSQL: DeleteUser holds a transaction-level advisory lock
+# on the shopper's slot exclusively, a batch holds the slots of its shoppers shared, from before
+# it reads the erasures until it commits. Shoppers are hashed into a fixed number of slots, so
+# a batch takes a bounded number of locks (the server's lock table is finite) whatever its size.
+_ERASURE_LOCK_SPACE = 0x5352  # "SR": the first key of the two-key advisory lock form
+_ERASURE_LOCK_SLOTS = 64
+_PG_LOCK_SHARED = text(
+    "SELECT count(pg_advisory_xact_lock_shared(:space, slot)) FROM unnest(CAST(:slots AS int[])) AS slot"
+)
+_PG_LOCK_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:space, :slot)")
+
+
+def erasure_slot(user_id: str) -> int:
+    """The advisory lock slot of a shopper (the same in every process)."""
+    return zlib.crc32(user_id.encode()) % _ERASURE_LOCK_SLOTS
+
 
 _PG_UNNEST_INSERT = text(
     """
@@ -77,6 +100,7 @@ class EventStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = writer(engine)
         self._dialect = engine.dialect.name
         # SQLite has one writer at a time; serialising writers here avoids lock timeouts.
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
@@ -89,12 +113,18 @@ class EventStore:
         """Store the events in one transaction; report the ids that were new.
 
         Ids already stored (or repeated within `events`) are skipped, so re-sending is harmless.
-        Events of an erased user that occurred before the erasure are not stored.
+        Events of an erased user that occurred before the erasure are not stored, also when
+        DeleteUser runs at the same time in another process: the erasure check and the insert
+        are one transaction serialised against delete_user (see _ERASURE_LOCK_SPACE; on SQLite
+        the transaction holds the write lock from its start).
         """
         if not events:
             return Inserted(set())
         inserted: set[str] = set()
-        with self._writing(), self.engine.begin() as conn:
+        with self._writing() as conn:
+            if self._dialect == "postgresql":
+                slots = sorted({erasure_slot(e.user_id) for e in events})
+                conn.execute(_PG_LOCK_SHARED, {"space": _ERASURE_LOCK_SPACE, "slots": slots})
             erased_at = self._erasures(conn, {e.user_id for e in events})
             erased = {e.event_id for e in events if e.occurred_at_us <= erased_at.get(e.user_id, -1)}
             rows = [
@@ -160,22 +190,32 @@ class EventStore:
             index_elements=["item_id"],
             set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"},
         )
-        with self._writing(), self.engine.begin() as conn:
+        with self._writing() as conn:
             for start in range(0, len(rows), _INSERT_CHUNK):
                 conn.execute(stmt, rows[start : start + _INSERT_CHUNK])
         return len(rows)
 
     def delete_user(self, user_id: str, erased_at_us: int) -> int:
         """Erase every event of the user and remember the erasure (events that occurred before
-        `erased_at_us` are refused from now on); return how many events were erased."""
+        `erased_at_us` are refused from now on); return how many events were erased.
+
+        One transaction, excluding concurrent insert_events of this user until it commits; the
+        events go in chunks of _DELETE_CHUNK rows, so no statement runs into the timeout."""
         stmt = self._insert(ErasureRow).values(user_id=user_id, erased_at_us=erased_at_us)
         stmt = stmt.on_conflict_do_update(
             index_elements=["user_id"], set_={"erased_at_us": stmt.excluded.erased_at_us}
         )
-        with self._writing(), self.engine.begin() as conn:
-            result = conn.execute(delete(EventRow).where(EventRow.user_id == user_id))
+        chunk = select(EventRow.seq).where(EventRow.user_id == user_id).limit(_DELETE_CHUNK)
+        erased = 0
+        with self._writing() as conn:
+            if self._dialect == "postgresql":
+                conn.execute(_PG_LOCK_EXCLUSIVE, {"space": _ERASURE_LOCK_SPACE, "slot": erasure_slot(user_id)})
             conn.execute(stmt)
-        return int(result.rowcount or 0)
+            while True:
+                deleted = int(conn.execute(delete(EventRow).where(EventRow.seq.in_(chunk))).rowcount or 0)
+                erased += deleted
+                if deleted < _DELETE_CHUNK:
+                    return erased
 
     def recent_history(self, user_id: str, limit: int) -> list[HistoryEntry]:
         """The user's `limit` most recent events, oldest first, joined with their items."""
@@ -232,14 +272,11 @@ class EventStore:
             return int(conn.execute(select(func.count()).select_from(ItemRow)).scalar_one())
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the SQLite writer lock (if any); report connection failures as Unavailable."""
-        if self._write_lock is None:
-            with _unavailable_on_disconnect():
-                yield
-            return
-        with self._write_lock, _unavailable_on_disconnect():
-            yield
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite, after this process's writer lock);
+        connection failures are reported as Unavailable."""
+        with self._write_lock or nullcontext(), _unavailable_on_disconnect(), self._writer.begin() as conn:
+            yield conn
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:

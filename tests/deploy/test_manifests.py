@@ -13,6 +13,7 @@ import base64
 import contextlib
 import copy
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -444,6 +445,90 @@ def test_database_url_comes_from_the_secret(name: str) -> None:
     assert {"migrate", "ingestion", "features", "training"} <= set(users)
 
 
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_service_requires_the_auth_token(name: str) -> None:
+    """A missing Secret fails the pod (loudly), never silently means no authentication."""
+    for role, (_, container) in role_deployments(rendered(name)).items():
+        refs = [v for v in container.get("env", []) if v["name"] == "SHIFTREC_AUTH_TOKEN"]
+        assert len(refs) == 1, role
+        ref = refs[0]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("shiftrec-auth", "token"), role
+        assert not ref.get("optional"), role
+
+
+def test_no_secret_travels_as_an_argument() -> None:
+    for name in KUSTOMIZATIONS:
+        for obj in workloads(rendered(name)):
+            for c in kustomize.iter_containers(obj):
+                joined = " ".join([*c.get("command", []), *c.get("args", [])])
+                assert not re.search(r"PASSWORD|TOKEN|SECRET|DATABASE_URL|--database-url", joined), c["name"]
+
+
+def policies_selecting(objects: list[Obj], labels: dict[str, str], direction: str) -> list[Obj]:
+    return [
+        p for p in of_kind(objects, "NetworkPolicy")
+        if direction in p["spec"]["policyTypes"] and label_selector_matches(p["spec"]["podSelector"], labels)
+    ]
+
+
+def label_selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        value = labels.get(expr["key"])
+        ok = {"In": present and value in expr.get("values", []),
+              "NotIn": not present or value not in expr.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[expr["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def allowed_ingress(objects: list[Obj], labels: dict[str, str]) -> list[tuple[Obj, int]]:
+    """(peer, port) pairs the NetworkPolicies let into pods with `labels`."""
+    return [
+        (peer, port["port"])
+        for policy in policies_selecting(objects, labels, "Ingress")
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule.get("from", [{}])
+        for port in rule.get("ports", [{"port": None}])
+    ]
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_network_policies_let_only_the_storefront_in_and_only_inference_reach_features(name: str) -> None:
+    objects = rendered(name)
+    deny = [p for p in of_kind(objects, "NetworkPolicy") if p["spec"]["podSelector"] == {}
+            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")]
+    assert deny, "no default-deny NetworkPolicy"
+    storefront = {"podSelector": {"matchLabels": {"shiftrec.io/client": "storefront"}}, "namespaceSelector": {}}
+    monitoring = {"podSelector": {"matchLabels": {"shiftrec.io/client": "monitoring"}}, "namespaceSelector": {}}
+    deployments = role_deployments(objects)
+    for role, port in (("ingestion", 50051), ("inference", 50053)):
+        peers = allowed_ingress(objects, pod_template_labels(deployments[role][0]))
+        canonical = {(json.dumps(p, sort_keys=True), n) for p, n in peers}
+        assert canonical == {(json.dumps(storefront, sort_keys=True), port),
+                             (json.dumps(monitoring, sort_keys=True), 9090)}, role
+    inference = pod_template_labels(deployments["inference"][0])
+    peers = allowed_ingress(objects, pod_template_labels(deployments["features"][0]))
+    grpc_peers = [p for p, n in peers if n == 50052]
+    assert len(grpc_peers) == 1 and set(grpc_peers[0]) == {"podSelector"}
+    assert label_selector_matches(grpc_peers[0]["podSelector"], inference)
+    assert [p for p, n in peers if n not in {50052, 9090}] == []
+    # The store's users may reach the database port; inference (no database) may not.
+    users = [pod_template_labels(deployments[r][0]) for r in ("ingestion", "features")]
+    training = cronjobs_running(objects, "train")[0][0]
+    users.append(training["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+    egress_5432 = [
+        labels for labels in [*users, inference]
+        if any(port["port"] == 5432 for policy in policies_selecting(objects, labels, "Egress")
+               for rule in policy["spec"].get("egress", []) for port in rule.get("ports", []))
+    ]
+    assert egress_5432 == users
+
+
 def test_base_holds_no_secret_values() -> None:
     objects = rendered("base")
     assert not of_kind(objects, "Secret")
@@ -462,7 +547,8 @@ def test_base_holds_no_secret_values() -> None:
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_referenced_configmaps_and_secrets_exist(name: str) -> None:
-    """Only `shiftrec-database` may be left to the operator (README); dev is self-contained."""
+    """Only `shiftrec-database` and `shiftrec-auth` may be left to the operator (README); dev is
+    self-contained."""
     objects = rendered(name)
     present = {(o["kind"], o["metadata"]["name"]) for o in objects}
     missing = set()
@@ -481,7 +567,7 @@ def test_referenced_configmaps_and_secrets_exist(name: str) -> None:
             if "persistentVolumeClaim" in vol:
                 missing.add(("PersistentVolumeClaim", vol["persistentVolumeClaim"]["claimName"]))
     missing -= present
-    allowed = {("Secret", "shiftrec-database")} if name != "overlays/dev" else set()
+    allowed = {("Secret", "shiftrec-database"), ("Secret", "shiftrec-auth")} if name != "overlays/dev" else set()
     assert missing <= allowed, f"referenced but not rendered: {sorted(missing - allowed)}"
 
 
@@ -601,7 +687,9 @@ def test_training_cronjob_fine_tunes_and_publishes(name: str) -> None:
         return args[args.index(name) + 1]
 
     out, init_from = flag("--out"), flag("--init-from")
-    assert flag("--database-url") == "$(SHIFTREC_DATABASE_URL)"
+    # The database URL (a password) comes through the env, never as an argument.
+    assert "--database-url" not in args and "SHIFTREC_DATABASE_URL" not in " ".join(args)
+    assert [v["name"] for v in database_url_refs(container)] == ["SHIFTREC_DATABASE_URL"]
     # Every $(VAR) the kubelet expands must be defined in the container's env.
     defined = {v["name"] for v in container.get("env", [])}
     for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(args)):

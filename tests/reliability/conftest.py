@@ -42,9 +42,14 @@ class TinyWorld:
         return f"sqlite:///{target}"
 
 
+_WORLD: list[TinyWorld] = []  # built once per session, also when another suite imports the fixture
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     pytest.importorskip("torch")
+    if _WORLD:
+        return _WORLD[0]
     from training.data import load_store
     from training.train import RunOptions
     from training.train import main as train
@@ -59,6 +64,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     report = train(data=load_store(url), out=str(root / "models"),
         run=RunOptions(overrides=TINY_MODEL, epochs=1, device="cpu", progress=False, version="v1"))
     world.package = Path(report["package"])
+    _WORLD.append(world)
     return world
 
 
