@@ -91,7 +91,9 @@ def eager_model(package_dir: Path, manifest: pkg.Manifest):
 
     weights = load_weights(package_dir)
     state = weights["state_dict"]
-    model = ShiftRec(ModelConfig(**weights["model_config"]), state["item_tags"])
+    # the per-item constants the weights were trained with: tags, text vectors, known ids, categories
+    model = ShiftRec(ModelConfig(**weights["model_config"]), state["item_tags"], state.get("item_text"),
+                     state["id_mask"][:, 0] > 0, state.get("item_cat"))
     model.load_state_dict(state)
     return ServingModel(model, (manifest.calibration["a"], manifest.calibration["b"])).eval()
 
@@ -118,7 +120,7 @@ def model_alone(package_dir: Path, threads: int) -> list[dict[str, float]]:
         }
         tensors = [torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES]
         repeats = 200 if batch == 1 else 20
-        ort_ms = time_call(lambda: session.run(list(pkg.OUTPUT_NAMES), feeds), repeats)  # noqa: B023
+        ort_ms = time_call(lambda: session.run(list(pkg.ALL_OUTPUT_NAMES), feeds), repeats)  # noqa: B023
         with torch.inference_mode():
             torch_ms = time_call(lambda: eager(*tensors), repeats)  # noqa: B023
         rows.append({"batch": batch, "onnxruntime_ms": ort_ms, "pytorch_eager_ms": torch_ms,
