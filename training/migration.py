@@ -20,7 +20,7 @@ from training.data import EvalSet, Inputs, SequenceData, eval_set
 from training.evaluation import length_batches, mask_history
 
 BETAS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # re-weighting strengths tried on validation
-DEST_MIXES = (0.0, 0.5, 1.0)  # destinations: 0 = shift head, 1 = next-item distribution, between: geometric
+DEST_MIXES = (0.0, 0.5, 1.0)  # destinations: 0 = destination head, 1 = next-item distribution, between: geometric
 STAYED_FLOOR = 0.97  # a beta may cost stayed shoppers at most 3 % of their validation NDCG@10 ...
 OVERALL_FLOOR = 0.995  # ... and all shoppers at most 0.5 % (about one seed spread)
 
@@ -104,7 +104,7 @@ def collect_model(model: Any, data: SequenceData, split: str, device: Any, betas
         outside[:, 0] = 0
         out.extra["p_out_items"][rows] = (np.exp(item_cat_logp) * outside).sum(axis=1)
         for m in DEST_MIXES:
-            log_q = (1 - m) * res["cat_logp"].cpu().numpy() + m * item_cat_logp
+            log_q = (1 - m) * res["dest_logp"].cpu().numpy() + m * item_cat_logp
             out.dest_rank[f"mix={m}"][rows] = _dest_rank(log_q, inside, target_cat[rows], moved)
         base = res["base"].cpu().numpy()
         delta = res["delta"].cpu().numpy()[:, item_cat[1:]]  # (b, N) per item's category

@@ -21,8 +21,9 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
 
 Interest migration (`shift_weight` > 0, on by default): beside the next-item scores, a shift head
 reads the same hidden state and predicts (a) the next event's category over the catalogue's
-categories (cross-entropy) and (b) whether that category is absent from the categories of the
-last `shift_window` events, "a move" (binary cross-entropy), trained jointly with the next-item
+categories (cross-entropy), (b) whether that category is absent from the categories of the
+last `shift_window` events, "a move" (binary cross-entropy), and (c) for moves, which of the
+categories outside the window it goes to (cross-entropy on moves only), trained jointly with the next-item
 loss (by default on the encoder's detached states, so the next-item model is unchanged by it;
 `shift_detach`). Its move logit also sees, detached, how much of the category head's and of the next-item
 distribution's mass lies outside the window. `migrate()` turns these into a calibrated
@@ -189,7 +190,7 @@ class ShiftRec(nn.Module):
         self.ln_f = nn.LayerNorm(D)
         # fitted on validation after training (training.migration); defaults leave the scores as they are
         self.register_buffer("shift_cal", torch.tensor([1.0, 0.0]), persistent=True)  # Platt a, b of P(move)
-        self.register_buffer("dest_mix", torch.tensor(0.0), persistent=True)  # 0 head .. 1 item-aggregate
+        self.register_buffer("dest_mix", torch.tensor(0.0), persistent=True)  # destinations: 0 head .. 1 items
         self.register_buffer("beta", torch.tensor(0.0), persistent=True)  # strength of the re-weighting
         self.apply(self._init_weights)
         if cfg.shift_weight > 0:
@@ -197,9 +198,11 @@ class ShiftRec(nn.Module):
             # same numbers with or without the head
             with torch.random.fork_rng(devices=[]):
                 self.cat_head = nn.Linear(D, C1)  # next-category logits (column 0 = padding, masked)
+                self.dest_head = nn.Linear(D, C1)  # where a move goes: logits over the categories outside
                 self.move_head = nn.Linear(D, 1)  # move logit from the hidden state ...
                 self.move_mix = nn.Parameter(torch.zeros(2))  # ... plus these weights on logit(P_out)
                 self.cat_head.apply(self._init_weights)
+                self.dest_head.apply(self._init_weights)
                 self.move_head.apply(self._init_weights)
 
     @staticmethod
@@ -267,21 +270,24 @@ class ShiftRec(nn.Module):
 
     def shift_parts(
         self, h: torch.Tensor, inside: torch.Tensor, item_cat_p: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """From hidden states (P, D), window masks (P, C+1) and the next-item distribution summed
-        per category (P, C+1): the raw move logit (P,), the log next-category distribution of
-        the head (P, C+1) (the item distribution's when there is no head) and the item one."""
+        per category (P, C+1): the raw move logit (P,); log-probabilities (P, C+1) of the next
+        category (category head), of the destination given a move (destination head: only the
+        categories outside the window) and of the next-item distribution per category. Without a
+        head the item distribution stands in for both heads."""
         outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (P, C+1) real categories not in the window
         item_cat_logp = torch.log(item_cat_p.clamp_min(1e-12))  # (P, C+1)
         out_item = (item_cat_p * outside).sum(-1)  # (P,)
         if self.cfg.shift_weight <= 0:
-            return _logit(out_item), item_cat_logp, item_cat_logp
+            return _logit(out_item), item_cat_logp, item_cat_logp, item_cat_logp
         cat_logits = self.cat_head(h).masked_fill(self.cat_onehot[0] > 0, NEG_INF)  # (P, C+1)
         cat_logp = F.log_softmax(cat_logits, dim=-1)
+        dest_logp = F.log_softmax(self.dest_head(h).masked_fill(outside == 0, NEG_INF), dim=-1)  # (P, C+1)
         out_cat = (cat_logp.exp() * outside).sum(-1)  # (P,)
         move = (self.move_head(h).squeeze(-1) + self.move_mix[0] * _logit(out_cat.detach())
                 + self.move_mix[1] * _logit(out_item.detach()))  # (P,)
-        return move, cat_logp, item_cat_logp
+        return move, cat_logp, dest_logp, item_cat_logp
 
     def loss(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor, targets: torch.Tensor
@@ -313,8 +319,11 @@ class ShiftRec(nn.Module):
         else:  # no full distribution: the feature is left uninformative
             item_cat_p = torch.full_like(inside, 1.0 / inside.shape[1])
         head_in = hs.detach() if self.cfg.shift_detach else hs
-        move, cat_logp, _ = self.shift_parts(head_in, inside, item_cat_p)
+        move, cat_logp, dest_logp, _ = self.shift_parts(head_in, inside, item_cat_p)
         shift = F.nll_loss(cat_logp, y_cat) + F.binary_cross_entropy_with_logits(move, moved)
+        went = moved > 0
+        if went.any():  # the destination head learns only from moves
+            shift = shift + F.nll_loss(dest_logp[went], y_cat[went])
         return loss + self.cfg.shift_weight * shift
 
     def serve(
@@ -329,27 +338,30 @@ class ShiftRec(nn.Module):
         next categories (base + beta * (log p_next_category - log p_category under base), per
         item's category); user (B, D); move_logit (B,) raw; shift_probability (B,) calibrated
         P(move); category_probabilities (B, C) next-category distribution (column c = category
-        c + 1); and, for measuring: inside (B, C+1) the window's categories, cat_logp and
-        item_cat_logp (B, C+1) the head's and the next-item distribution's log category
-        probabilities, delta (B, C+1) the per-category score change before `beta`."""
+        c + 1); and, for measuring: inside (B, C+1) the window's categories, cat_logp, dest_logp
+        and item_cat_logp (B, C+1) the category head's, the destination head's and the next-item
+        distribution's log category probabilities, delta (B, C+1) the per-category score change
+        before `beta`."""
         table = self.item_table() if table is None else table  # (N+1, D)
         h = self.encode(items, types, times, table)[:, -1]  # (B, D)
         base = h @ table[1:].T  # (B, N)
         inside = self.window_mask(items)[:, -1]  # (B, C+1)
         item_cat_p = F.softmax(base, dim=-1) @ self.cat_onehot[1:]  # (B, C+1)
-        move, cat_logp, item_cat_logp = self.shift_parts(h, inside, item_cat_p)
+        move, cat_logp, dest_logp, item_cat_logp = self.shift_parts(h, inside, item_cat_p)
         outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (B, C+1)
         p_move = torch.sigmoid(self.shift_cal[0] * move + self.shift_cal[1])  # (B,)
         p_move = p_move * (outside.sum(-1) > 0).float()  # nowhere left to move to: 0
-        q = torch.exp((1.0 - self.dest_mix) * cat_logp + self.dest_mix * item_cat_logp)  # (B, C+1)
-        q_out, q_in = q * outside, q * inside
+        # where a move goes: the destination head, the item distribution, or their geometric mean;
+        # where a stay goes: the item distribution over the window's categories
+        q_out = torch.exp((1.0 - self.dest_mix) * dest_logp + self.dest_mix * item_cat_logp) * outside
+        q_in = item_cat_p * inside  # (B, C+1)
         p_cat = (p_move[:, None] * q_out / q_out.sum(-1, keepdim=True).clamp_min(1e-12)
                  + (1.0 - p_move)[:, None] * q_in / q_in.sum(-1, keepdim=True).clamp_min(1e-12))  # (B, C+1)
         delta = torch.log(p_cat.clamp_min(1e-12)) - item_cat_logp  # (B, C+1)
         scores = base + self.beta * delta[:, self.item_cat[1:]]  # (B, N)
         return {"base": base, "scores": scores, "user": h, "move_logit": move, "shift_probability": p_move,
                 "category_probabilities": p_cat[:, 1:], "inside": inside, "cat_logp": cat_logp,
-                "item_cat_logp": item_cat_logp, "delta": delta}
+                "dest_logp": dest_logp, "item_cat_logp": item_cat_logp, "delta": delta}
 
     def score(
         self,

@@ -20,20 +20,24 @@ from training.experiments.runs import load_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
 COLUMNS = ("NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
-           "precision", "recall", "F1", "NDCG@10_shifted", "NDCG@10_stable")
+           "precision", "recall", "F1", "NDCG@10_shifted", "NDCG@10_stable",
+           "AUC_move", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved")
+# the last four: interest migration (training.migration; moved = the test item's category absent from
+# the last 5 events' categories): P(move) AUC, moved/stayed NDCG@10, moved shoppers' category-hit@10
+MIGRATION = ("AUC_move", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved")
 BASELINES = "baselines"
 
 
 def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...],
          overrides: dict[str, Any], threads: int, epochs: int | None = None,
-         device: str = "auto", ablation_seeds: int | None = None) -> list[dict[str, Any]]:
+         device: str = "auto", ablation_seeds: int | None = None, categories: str = "fine") -> list[dict[str, Any]]:
     """Per domain: one baselines task and `seeds` runs of each variant (`ablation_seeds` of the
     ablation, when given)."""
     tasks = []
     for domain in domains:
         spec = f"s3rec:{Path(datasets) / 'amazon' / domain}"
         tasks.append({"name": f"{domain}-{BASELINES}", "domain": domain, "spec": spec, "variant": BASELINES,
-                      "seed": 0})
+                      "seed": 0, "categories": categories})
         for seed in range(seeds):
             for variant in variants:
                 if variant == "ablation" and ablation_seeds is not None and seed >= ablation_seeds:
@@ -41,29 +45,33 @@ def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...
                 over = overrides | (ABLATION if variant == "ablation" else {})
                 tasks.append({"name": f"{domain}-{variant}-{seed}", "domain": domain, "spec": spec,
                               "variant": variant, "seed": seed, "overrides": {**over, "threads": threads},
-                              "epochs": epochs, "device": device})
+                              "epochs": epochs, "device": device, "categories": categories})
     return tasks
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One row group of the report: every baseline, or one training run (executed in a worker)."""
-    from training import baselines, evaluation
+    from training import baselines, evaluation, migration
     from training.data import load_files
     from training.train import RunOptions, main
 
     started = time.perf_counter()
-    data = load_files(task["spec"])
+    data = load_files(task["spec"], categories=task.get("categories", "fine"))
     if task["variant"] == BASELINES:
         out: dict[str, Any] = {"baselines": {}}
         for name, scorer in baselines.all_baselines(data).items():
             t0 = time.perf_counter()
             metrics = evaluation.evaluate(data, scorer, 50, split="test")
+            moves = migration.summarize(migration.collect_scorer(data, scorer, "test", 50, 5))
+            metrics |= {k: moves[k] for k in MIGRATION}
             out["baselines"][name] = {"seed": 0, "metrics": metrics, "train_seconds": time.perf_counter() - t0}
     else:
         report = main(data=data, out=None,
             run=RunOptions(overrides=task["overrides"], epochs=task["epochs"], device=task["device"],
                 seed=task["seed"], progress=False))
-        out = {"seed": task["seed"], "metrics": report["metrics"], "train_seconds": report["train_seconds"],
+        moves = report["migration"]["served"]
+        metrics = report["metrics"] | {k: moves[k] for k in MIGRATION}
+        out = {"seed": task["seed"], "metrics": metrics, "train_seconds": report["train_seconds"],
                "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
                "epochs_run": report["epochs_run"], "history": report["history"],
                "config": report["config"]}
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.experiments.report", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="../shared/datasets")
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
+    parser.add_argument("--categories", default="fine", choices=("fine", "coarse"),
+                        help="category granularity of the migration columns (Amazon files)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ablation-seeds", type=int, help="seeds of the ablation (default: --seeds)")
     parser.add_argument("--variants", default="model,ablation")
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     tasks = plan(args.datasets, args.domains.split(","), args.seeds, tuple(args.variants.split(",")),
-                 overrides, args.threads, args.epochs, args.device, args.ablation_seeds)
+                 overrides, args.threads, args.epochs, args.device, args.ablation_seeds, args.categories)
     def write(runs: dict[str, dict[str, Any]]) -> None:  # after every run: an interrupted report keeps its table
         _write(collate(tasks, runs, overrides), args.out)
 

@@ -39,7 +39,7 @@ def test_window_holds_the_last_events_categories_and_never_padding():
 def test_next_categories_spend_p_move_outside_the_window_and_the_rest_inside():
     out = serve(tiny_model(0.0), [[0, 5, 1, 2], [3, 4, 5, 6]])
     p_move, p_cat = out["shift_probability"], out["category_probabilities"]  # (B,), (B, 3)
-    q = out["cat_logp"].exp()[:, 1:]  # the head's distribution over the 3 categories
+    q = out["dest_logp"].exp()[:, 1:]  # the destination head's distribution over the 3 categories
     inside = out["inside"][:, 1:]
     assert torch.allclose(p_cat.sum(-1), torch.ones(2), atol=1e-5)
     outside_mass = (p_cat * (1 - inside)).sum(-1)
@@ -91,6 +91,7 @@ def test_the_loss_trains_the_shift_head():
     loss.backward()
     assert model.cat_head.weight.grad is not None and model.cat_head.weight.grad.abs().sum() > 0
     assert model.move_head.weight.grad is not None and model.move_head.weight.grad.abs().sum() > 0
+    assert model.dest_head.weight.grad is not None and model.dest_head.weight.grad.abs().sum() > 0
 
 
 def test_expected_calibration_error():
