@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.processes import free_port, shiftrec_command
 from services.ingestion.server import build_server
 from shared.errors import ConfigurationError
-from shared.processes import free_port, shiftrec_command
 from shared.settings import Settings
 
 PARTIAL = {
