@@ -64,7 +64,7 @@ def cmd_import_s3rec(args: argparse.Namespace) -> int:
     report = import_records(
         args.target,
         s3rec_events(domain, args.holdout_last),
-        s3rec_items(domain),
+        s3rec_items(domain, categories=args.categories),
         batch_size=args.batch_size,
         total=total,
         progress=not args.quiet,
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     s3rec.add_argument("--domain", default="Beauty", help="file prefix, e.g. Sports_and_Outdoors")
     s3rec.add_argument("--no-timestamps", action="store_true",
                        help="ignore <domain>_timestamps.txt; use synthetic increasing times")
+    s3rec.add_argument("--categories", choices=("coarse", "fine"), default="coarse",
+                       help="item category stored: coarse (top-level, 7 in Beauty) or fine (one attribute "
+                            "below the root, 42 in Beauty); the shift head predicts moves between these")
     common(s3rec)
     s3rec.set_defaults(func=cmd_import_s3rec)
 

@@ -87,7 +87,8 @@ def s3rec_items(domain: S3RecDomain, categories: str = "coarse") -> list[ItemRec
       those on at most half the items (Sports tags every item with its root category, which says
       nothing): 7 values in Beauty;
     - fine: one attribute per item, the first after the leading brand attribute that is on at
-      most half the items (the category just below the root): 42 values in Beauty, 25 in Sports.
+      most half the items (the category just below the root): 42 values in Beauty, 25 in Sports
+      (with "").
     Items without a qualifying attribute get "" either way."""
     if categories not in CATEGORY_LEVELS:
         raise ValueError(f"categories must be one of {CATEGORY_LEVELS}, got {categories!r}")
