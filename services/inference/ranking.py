@@ -179,7 +179,8 @@ class Inference:
             if predicted is not None:
                 p_move = float(predicted[0][0])
                 row = predicted[1][0]
-                top = np.argsort(-row, kind="stable")[:NEXT_CATEGORIES]
-                upcoming = [(runtime.categories[c], float(row[c])) for c in top if row[c] > 0]
+                # most likely first; items without a category ("") are no destination to name
+                top = [c for c in np.argsort(-row, kind="stable") if runtime.categories[c] and row[c] > 0]
+                upcoming = [(runtime.categories[c], float(row[c])) for c in top[:NEXT_CATEGORIES]]
         window_used = runtime.shift_window if runtime.has_shift else 0
         return Profile(interest, shift, runtime.version, p_move, upcoming, window_used)
