@@ -1,6 +1,8 @@
 """Tables of the event store (SQLAlchemy 2.0 declarative). Timestamps are integer microseconds
 since the Unix epoch (UTC): exact, compact and compared the same way on SQLite and PostgreSQL."""
 
+import hashlib
+
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -49,11 +51,17 @@ class ItemRow(Base):
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
 
 
+def user_digest(user_id: str) -> str:
+    """How an erasure names its user: SHA-256 of the id (hex), never the id itself."""
+    return hashlib.sha256(b"shiftrec-erasure\x00" + user_id.encode("utf-8")).hexdigest()
+
+
 class ErasureRow(Base):
-    """A user erased by DeleteUser, and when: their events that occurred before that moment are
-    refused if they are sent again (a retry in flight, a replayed queue, a re-run import)."""
+    """A user erased by DeleteUser, by digest (`user_digest`), and when: their events that
+    occurred before that moment are refused if they are sent again (a retry in flight, a
+    replayed queue, a re-run import)."""
 
     __tablename__ = "erasures"
 
-    user_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    user_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     erased_at_us: Mapped[int] = mapped_column(BigInteger)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.errors import Unavailable
 from shared.store.db import writer
-from shared.store.models import ErasureRow, EventRow, ItemRow
+from shared.store.models import ErasureRow, EventRow, ItemRow, user_digest
 
 # Rows per INSERT statement; SQLite allows 32,766 bound parameters, 9 columns each.
 _INSERT_CHUNK = 2_000
@@ -159,13 +159,14 @@ class EventStore:
         return Inserted(inserted, erased)
 
     def _erasures(self, conn: Connection, users: set[str]) -> dict[str, int]:
-        """When each of `users` was erased (only those that were)."""
+        """When each of `users` was erased (only those that were; erasures are kept by digest)."""
+        by_digest = {user_digest(u): u for u in users}
         found: dict[str, int] = {}
-        ordered = sorted(users)
+        ordered = sorted(by_digest)
         for start in range(0, len(ordered), _INSERT_CHUNK):
             chunk = ordered[start : start + _INSERT_CHUNK]
-            query = select(ErasureRow.user_id, ErasureRow.erased_at_us).where(ErasureRow.user_id.in_(chunk))
-            found.update({row.user_id: row.erased_at_us for row in conn.execute(query)})
+            query = select(ErasureRow.user_digest, ErasureRow.erased_at_us).where(ErasureRow.user_digest.in_(chunk))
+            found.update({by_digest[row.user_digest]: row.erased_at_us for row in conn.execute(query)})
         return found
 
     def upsert_items(self, items: Sequence[ItemRecord], updated_at_us: int) -> int:
@@ -201,9 +202,9 @@ class EventStore:
 
         One transaction, excluding concurrent insert_events of this user until it commits; the
         events go in chunks of _DELETE_CHUNK rows, so no statement runs into the timeout."""
-        stmt = self._insert(ErasureRow).values(user_id=user_id, erased_at_us=erased_at_us)
+        stmt = self._insert(ErasureRow).values(user_digest=user_digest(user_id), erased_at_us=erased_at_us)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["user_id"], set_={"erased_at_us": stmt.excluded.erased_at_us}
+            index_elements=["user_digest"], set_={"erased_at_us": stmt.excluded.erased_at_us}
         )
         chunk = select(EventRow.seq).where(EventRow.user_id == user_id).limit(_DELETE_CHUNK)
         erased = 0

@@ -49,7 +49,7 @@ DEFECTS: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_a_bad_latest_package_at_start_up_falls_back_to_the_older_good_one(
-        defect: str, tiny_world, serve_in_process, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        defect: str, tiny_world, serve_in_process, tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     publish_copy(tiny_world.package, model_dir, "v1")
     DEFECTS[defect](publish_copy(tiny_world.package, model_dir, "v2"))
@@ -64,7 +64,7 @@ def test_a_bad_latest_package_at_start_up_falls_back_to_the_older_good_one(
 
 
 @pytest.mark.parametrize("defect", ["manifest is a JSON list", "negative max_len"])
-def test_a_bad_only_package_starts_not_serving(defect: str, tiny_world, serve_in_process,  # type: ignore[no-untyped-def]
+def test_a_bad_only_package_starts_not_serving(defect: str, tiny_world, serve_in_process,
                                                tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     DEFECTS[defect](publish_copy(tiny_world.package, model_dir, "v1"))
@@ -75,7 +75,7 @@ def test_a_bad_only_package_starts_not_serving(defect: str, tiny_world, serve_in
     assert server.registry.refresh() is True and server.registry.current().version == "v2"
 
 
-def test_latest_naming_a_path_is_refused(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_latest_naming_a_path_is_refused(tiny_world, tmp_path: Path) -> None:
     from services.inference.registry import ModelRegistry
 
     model_dir = tmp_path / "models"

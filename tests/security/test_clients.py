@@ -17,7 +17,7 @@ from tests.reliability.test_retries import METHOD, FlakyHandler, flaky_server  #
 CALLS = 20
 
 
-def test_a_lasting_outage_is_not_multiplied_by_retries(flaky_server) -> None:  # type: ignore[no-untyped-def] # noqa: F811
+def test_a_lasting_outage_is_not_multiplied_by_retries(flaky_server) -> None:  # noqa: F811
     handler = FlakyHandler(failures=10_000)
     target = flaky_server(handler)
     with open_channel(target) as channel:
@@ -29,7 +29,7 @@ def test_a_lasting_outage_is_not_multiplied_by_retries(flaky_server) -> None:  #
     assert handler.attempts <= CALLS + 5
 
 
-def test_a_refused_token_is_logged_and_counted(serve_in_process, sqlite_url, background_loop,  # type: ignore[no-untyped-def]
+def test_a_refused_token_is_logged_and_counted(serve_in_process, sqlite_url, background_loop,
                                                caplog: pytest.LogCaptureFixture) -> None:
     features = serve_in_process(lambda: build_features(Settings(database_url=sqlite_url, auth_token="right"),
                                                        port=0))

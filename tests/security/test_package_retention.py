@@ -11,7 +11,7 @@ from shared import model_package as pkg
 from tests.reliability.helpers import publish_copy
 
 
-def test_the_parity_sample_holds_no_shoppers_sequence(tiny_world) -> None:  # type: ignore[no-untyped-def]
+def test_the_parity_sample_holds_no_shoppers_sequence(tiny_world) -> None:
     manifest = pkg.load_manifest(tiny_world.package)
     vocab = {item: i + 1 for i, item in enumerate(manifest.item_vocab)}
     histories: dict[str, list[tuple[int, int]]] = {}
@@ -28,7 +28,7 @@ def test_the_parity_sample_holds_no_shoppers_sequence(tiny_world) -> None:  # ty
             assert not any(sequence[k : k + len(row)] == row for k in range(len(sequence) - len(row) + 1))
 
 
-def test_old_versions_are_pruned_after_a_publish(tiny_world, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_old_versions_are_pruned_after_a_publish(tiny_world, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir = tmp_path / "models"
     monkeypatch.setenv("SHIFTREC_MODEL_KEEP", "3")
@@ -38,7 +38,7 @@ def test_old_versions_are_pruned_after_a_publish(tiny_world, tmp_path: Path,  # 
     assert pkg.latest_version(model_dir) == "v7"
 
 
-def test_pruning_never_deletes_what_latest_names(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_pruning_never_deletes_what_latest_names(tiny_world, tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     for n in range(1, 4):
         publish_copy(tiny_world.package, model_dir, f"v{n}")

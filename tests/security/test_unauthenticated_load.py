@@ -23,7 +23,7 @@ STREAMS = 300
 
 
 @pytest.mark.timeout(180)
-def test_300_unauthenticated_watch_streams_do_not_lock_out_callers(serve_in_process, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_300_unauthenticated_watch_streams_do_not_lock_out_callers(serve_in_process, sqlite_url) -> None:
     server = serve_in_process(lambda: build_server(Settings(database_url=sqlite_url, auth_token=TOKEN), port=0))
     target = f"127.0.0.1:{server.port}"
     with open_channel(target) as anonymous, open_channel(target, ClientConfig(token=TOKEN)) as authed:

@@ -14,7 +14,7 @@ def test_migrations_match_models(database_url: str) -> None:
     assert current_revision(engine) is None
     upgrade_schema(engine)
     upgrade_schema(engine)  # idempotent
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -53,5 +53,29 @@ def test_concurrent_upgrades_serialise(postgres_url: str) -> None:
         t.join(60)
     assert errors == []
     engine = create_store_engine(postgres_url)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
+    engine.dispose()
+
+
+def test_erasures_recorded_before_the_digest_migration_keep_working(database_url: str) -> None:
+    """0003 turns stored user ids into digests: the erasure still refuses the old events, and the
+    erased shopper's id is nowhere in the table."""
+    from sqlalchemy import text
+
+    from shared.store import EventRecord, EventStore
+    from shared.store.models import user_digest
+
+    engine = create_store_engine(database_url)
+    upgrade_schema(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO erasures (user_id, erased_at_us) VALUES ('shopper-gone', 2000)"))
+    upgrade_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM erasures")).all()
+    assert [tuple(r) for r in rows] == [(user_digest("shopper-gone"), 2000)]
+    store = EventStore(engine)
+    old = EventRecord("e-old", "shopper-gone", "item", 1, 1000, "web")
+    new = EventRecord("e-new", "shopper-gone", "item", 1, 3000, "web")
+    result = store.insert_events([old, new], received_at_us=4000)
+    assert result.ids == {"e-new"} and result.erased == {"e-old"}
     engine.dispose()
