@@ -61,8 +61,9 @@ bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start it
 bench-drift: setup  ## AUC of the drift score as a predictor of a next event in a new category
 	$(BIN)/python -m tests.bench.drift --datasets $(DATASETS) --out var/bench/drift.json
 
-bench-migration: setup  ## P(move) AUC/ECE, destinations, moved vs stayed NDCG: model, model before, baselines (resumable)
-	$(BIN)/python -m tests.bench.migration --datasets $(DATASETS) --out var/bench/migration.json
+bench-migration: setup  ## P(move) AUC/ECE, destinations, moved/stayed NDCG vs the model before and baselines (resumable; ~1.25 h)
+	$(BIN)/python -m tests.bench.migration --datasets $(DATASETS) --domains Sports_and_Outdoors,Beauty \
+		--seeds 1,3 --coarse-seeds 0,1 --max-minutes 28 --out var/bench/migration.json
 
 soak: setup  ## Recommend 200/s + 10,000 events/s for SOAK_MINUTES (default 10): errors, p99, memory growth
 	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --out var/bench/soak.json
