@@ -346,7 +346,11 @@ class ShiftRec(nn.Module):
         h = self.encode(items, types, times, table)[:, -1]  # (B, D)
         base = h @ table[1:].T  # (B, N)
         inside = self.window_mask(items)[:, -1]  # (B, C+1)
-        item_cat_p = F.softmax(base, dim=-1) @ self.cat_onehot[1:]  # (B, C+1)
+        # per-category sums of the next-item distribution; a scatter-add, not a product with the
+        # (N, C+1) one-hot table, which ONNX Runtime re-packs on every call (0.5 ms at batch 1)
+        probs = F.softmax(base, dim=-1)  # (B, N)
+        item_cat_p = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device).scatter_add(
+            1, self.item_cat[1:].expand_as(probs), probs)  # (B, C+1)
         move, cat_logp, dest_logp, item_cat_logp = self.shift_parts(h, inside, item_cat_p)
         outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (B, C+1)
         p_move = torch.sigmoid(self.shift_cal[0] * move + self.shift_cal[1])  # (B,)
