@@ -1,5 +1,6 @@
 """The demo's PNG: each featured shopper's recent interest over categories through time, with
-the drift score, the model's shift probability, and the moment a shift was planted."""
+the drift score, the model's shift probability and its probability of the planted category, and
+the moment a shift was planted."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class ShopperTimeline:
     planted_at_us: int | None  # None: a shopper whose interest was left alone
     label: str
     shift_probability: list[float] = field(default_factory=list)  # the model's, after each event
+    new_category_probability: list[float] = field(default_factory=list)  # P(next in the planted category)
 
 
 def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -> Path:
@@ -58,6 +60,9 @@ def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -
         if len(timeline.shift_probability) == n:
             shift = np.append(timeline.shift_probability, timeline.shift_probability[-1])
             right.step(x, shift, where="post", color="tab:blue", linewidth=1.6, linestyle="--")
+        if len(timeline.new_category_probability) == n:
+            planted = np.append(timeline.new_category_probability, timeline.new_category_probability[-1])
+            right.step(x, planted, where="post", color="tab:red", linewidth=1.6, linestyle=":")
         right.set_ylim(0, 1)
         right.set_ylabel("drift / shift probability")
         if timeline.planted_at_us is not None:
@@ -66,9 +71,12 @@ def draw(timelines: Sequence[ShopperTimeline], recent_window: int, path: Path) -
         ax.set_xlim(1, n + 1)
     axes[-1, 0].set_xlabel("event number (red dashes: first event of the planted shift)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles + [plt.Line2D([], [], color="black"), plt.Line2D([], [], color="tab:blue", linestyle="--")],
-               labels + ["drift score", "shift probability (next event leaves the last 5 events' categories)"],
-               loc="upper center", ncol=min(len(names) + 1, 9), fontsize=8)
+    lines = [plt.Line2D([], [], color="black"), plt.Line2D([], [], color="tab:blue", linestyle="--"),
+             plt.Line2D([], [], color="tab:red", linestyle=":")]
+    fig.legend(handles + lines,
+               labels + ["drift score", "shift probability (next event leaves the last 5 events' categories)",
+                         "P(next event in the planted category)"],
+               loc="upper center", ncol=min(len(names), 8), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -158,8 +158,8 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
                 show(stubs, f.user_id, categories)
             timelines = [timeline(stubs[0], f) for f in featured]
     package = pkg.resolve_package(models)
-    for t in timelines:
-        t.shift_probability = shift_line(package, t)
+    for t, f in zip(timelines, featured, strict=True):
+        t.shift_probability, t.new_category_probability = model_lines(package, t, f.new_category)
     chart = draw(timelines, RECENT_WINDOW, out / "interest_shift.png")
     say("\n8. When was each planted shift flagged? ShiftRec: the predicted next category is the new one "
         f"(next_categories); the drift score: drift ≥ {DETECT_DRIFT} with the new category rising first")
@@ -249,10 +249,16 @@ def _events(k: int | None) -> str:
     return "never" if k is None else f"{k} event{'s' if k > 1 else ''}"
 
 
-def shift_line(package: Path, t: ShopperTimeline) -> list[float]:
-    """The served package's shift probability after each event of the shopper's history."""
+def model_lines(package: Path, t: ShopperTimeline, new_category: str | None) -> tuple[list[float], list[float]]:
+    """The served package's shift probability after each event of the shopper's history, and
+    its probability that the next event is in the planted category (empty for the control)."""
     runtime = ModelRuntime(package, device="cpu")
     steps = [Step(i, e, at) for i, e, at in zip(t.item_ids, t.event_types, t.times_us, strict=True)]
     feeds = runtime.encode([steps[: n + 1] for n in range(len(steps))])
-    shift = runtime.run_shift(feeds)
-    return [] if shift is None else [float(p) for p in shift[0]]
+    predicted = runtime.run_shift(feeds)
+    if predicted is None:
+        return [], []
+    shift, categories = predicted
+    column = runtime.categories.index(new_category) if new_category in runtime.categories else None
+    planted = [] if column is None else [float(p) for p in categories[:, column]]
+    return [float(p) for p in shift], planted
