@@ -49,7 +49,9 @@ class Client(threading.Thread):
         with open_channel(self.target) as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
             while time.monotonic() < deadline:
-                if pending and (made % 4 == 0 or not self.keep_going.is_set()):
+                done_making = not self.keep_going.is_set() or made >= MAX_BATCHES_PER_CLIENT
+                if pending and (made % 4 == 0 or done_making):  # a client that has made all its batches
+                    # still re-sends the failed ones before it stops
                     batch = pending.pop(0)  # a failed batch again, same event ids
                     self.resends += 1
                 elif self.keep_going.is_set() and made < MAX_BATCHES_PER_CLIENT:
