@@ -345,7 +345,7 @@ class ShiftRec(nn.Module):
         table = self.item_table() if table is None else table  # (N+1, D)
         h = self.encode(items, types, times, table)[:, -1]  # (B, D)
         base = h @ table[1:].T  # (B, N)
-        inside = self.window_mask(items)[:, -1]  # (B, C+1)
+        inside = self.window_mask(items[:, -self.cfg.shift_window :])[:, -1]  # (B, C+1) last position only
         # per-category sums of the next-item distribution; a scatter-add, not a product with the
         # (N, C+1) one-hot table, which ONNX Runtime re-packs on every call (0.5 ms at batch 1)
         probs = F.softmax(base, dim=-1)  # (B, N)

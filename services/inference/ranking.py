@@ -172,13 +172,12 @@ class Inference:
         shift, p_move, upcoming = 0.0, 0.0, []
         feeds = runtime.encode([history, history[-window:]])
         if feeds["item_ids"][0].any():
-            _, _, user = runtime.run(feeds)
+            user, moves, next_categories = runtime.run_profile(feeds)  # row 0: the whole history
             if len(history) > window and feeds["item_ids"][1].any():
                 shift = cosine_distance(user[0], user[1])
-            predicted = runtime.run_shift({name: value[:1] for name, value in feeds.items()})
-            if predicted is not None:
-                p_move = float(predicted[0][0])
-                row = predicted[1][0]
+            if moves is not None and next_categories is not None:
+                p_move = float(moves[0])
+                row = next_categories[0]
                 # most likely first; items without a category ("") are no destination to name
                 top = [c for c in np.argsort(-row, kind="stable") if runtime.categories[c] and row[c] > 0]
                 upcoming = [(runtime.categories[c], float(row[c])) for c in top[:NEXT_CATEGORIES]]

@@ -118,6 +118,14 @@ class ModelRuntime:
         shift, categories = self.session.run(list(pkg.SHIFT_OUTPUT_NAMES), feeds)
         return shift, categories
 
+    def run_profile(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One call for a profile: (user_repr (B, D), shift_probability (B,), category_probabilities
+        (B, C)); the last two None for a package without the shift outputs."""
+        if not self.has_shift:
+            return self.session.run([pkg.OUTPUT_USER_REPR], feeds)[0], None, None
+        user, shift, categories = self.session.run([pkg.OUTPUT_USER_REPR, *pkg.SHIFT_OUTPUT_NAMES], feeds)
+        return user, shift, categories
+
     def warm_up(self) -> None:
         """First runs allocate and tune; do them before taking traffic."""
         for batch in (1, 8):
