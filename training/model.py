@@ -13,6 +13,10 @@ than SASRec?", RecSys 2023). Added inputs, each of which can be switched off for
 - time: an embedding of the log-bucketed gap since the previous event, and a learned per-head
   attention bias over the log-bucketed time between the query and each key event (a simplified
   TiSASRec, Li et al., WSDM 2020), so attention can learn how fast interest decays;
+- a causal frequency filter beside attention in every block (`filter_alpha`):
+  BSARec's inductive bias (Shin et al., AAAI 2024), a low-pass of the sequence plus its
+  re-scaled high-frequency rest, mixed with the attention output; made causal so that every
+  position can still be trained on (see `CausalFilter`);
 - item text (`use_text`, on by default): a fixed sentence-encoder vector of the item's title
   (`training.text`) through a learned projection, added like the attributes. Items that share
   words share strength (better on Beauty; the figures are in the README), and it is the part of an
@@ -82,6 +86,10 @@ class ModelConfig:
     # exactly what it is without the head (sharing the encoder cost Beauty NDCG@10, results log)
     loss: str = "ce"  # "ce": full softmax over the catalogue; "sampled": sampled softmax
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
+    filter_alpha: float = 0.0  # weight of the causal frequency branch beside attention (0 = none)
+    filter_window: int = 3  # its low-pass: the mean of the last `filter_window` events
+    cl_weight: float = 0.0  # contrastive regulariser: two dropout views of each sequence (0 = none)
+    cl_temp: float = 1.0  # its softmax temperature
 
 
 def time_buckets(seconds: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -124,18 +132,46 @@ class FeedForward(nn.Module):
         return self.drop(self.out(self.drop(F.gelu(self.fc(x)))))
 
 
+class CausalFilter(nn.Module):
+    """The frequency branch of BSARec (Shin et al., AAAI 2024), made causal: a low-pass of the
+    sequence (the mean of the last `filter_window` events, padding counting as zero) plus its
+    high-frequency rest re-scaled per channel by a learned beta^2. BSARec's FFT low-pass looks at
+    the whole sequence, which leaks the future into a model trained on every position; a causal
+    moving average keeps each position's output a function of events up to it, and, being
+    relative, the same whatever left padding a batch carries."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.window = cfg.filter_window
+        self.sqrt_beta = nn.Parameter(torch.ones(cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x * valid[:, :, None]  # (B, L, D); padding never enters a real position's average
+        low = F.avg_pool1d(F.pad(x.transpose(1, 2), (self.window - 1, 0)), self.window, stride=1)
+        low = low.transpose(1, 2)  # (B, L, D)
+        return self.drop(low + self.sqrt_beta**2 * (x - low))
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block; with `filter_alpha` > 0 its token mixer is
+    (1 - alpha) * attention + alpha * the causal frequency filter (BSARec's mixing)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = CausalSelfAttention(cfg)
+        self.alpha = cfg.filter_alpha
+        self.filter = CausalFilter(cfg) if cfg.filter_alpha > 0 else None
         self.ln2 = nn.LayerNorm(cfg.dim)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), bias)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        u = self.ln1(x)
+        if self.filter is None:
+            x = x + self.attn(u, bias)
+        else:
+            x = x + (1.0 - self.alpha) * self.attn(u, bias) + self.alpha * self.filter(u, valid)
         return x + self.ffn(self.ln2(x))
 
 
@@ -254,7 +290,7 @@ class ShiftRec(nn.Module):
             bias = bias + pair_bias.permute(0, 3, 1, 2)  # (B, H, L, L)
         x = self.emb_drop(self.emb_norm(x)) * valid[:, :, None]  # (B, L, D)
         for block in self.blocks:
-            x = block(x, bias)
+            x = block(x, bias, valid)
         return self.ln_f(x)  # (B, L, D)
 
     def window_mask(self, items: torch.Tensor) -> torch.Tensor:
@@ -309,6 +345,8 @@ class ShiftRec(nn.Module):
             pos_logit = (hs * table[y]).sum(-1, keepdim=True)  # (P, 1)
             neg_logit = (hs @ table[neg].T).masked_fill(neg[None, :] == y[:, None], NEG_INF)  # (P, K)
             loss = F.cross_entropy(torch.cat([pos_logit, neg_logit], dim=1), torch.zeros_like(y))
+        if self.training and self.cfg.cl_weight > 0:
+            loss = loss + self.cfg.cl_weight * self.contrastive(h[:, -1], self.encode(items, types, times, table)[:, -1])
         if self.cfg.shift_weight <= 0:
             return loss
         inside = self.window_mask(items)[mask]  # (P, C+1)
@@ -325,6 +363,14 @@ class ShiftRec(nn.Module):
         if went.any():  # the destination head learns only from moves
             shift = shift + F.nll_loss(dest_logp[went], y_cat[went])
         return loss + self.cfg.shift_weight * shift
+
+    def contrastive(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between two dropout views (B, D) of the same sequences' last states, the other
+        sequences of the batch as negatives, both directions (DuoRec's unsupervised augmentation,
+        Qiu et al., WSDM 2022)."""
+        logits = z1 @ z2.T / self.cfg.cl_temp  # (B, B)
+        labels = torch.arange(z1.shape[0], device=z1.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     def serve(
         self,

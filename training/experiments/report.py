@@ -19,7 +19,7 @@ import numpy as np
 from training.experiments.runs import load_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
-COLUMNS = ("NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
+COLUMNS = ("valid_NDCG@10", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
            "precision", "recall", "F1", "NDCG@10_shifted", "NDCG@10_stable",
            "AUC_move", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved")
 # the last four: interest migration (training.migration; moved = the test item's category absent from
@@ -30,19 +30,26 @@ BASELINES = "baselines"
 
 def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...],
          overrides: dict[str, Any], threads: int, epochs: int | None = None,
-         device: str = "auto", ablation_seeds: int | None = None, categories: str = "fine") -> list[dict[str, Any]]:
-    """Per domain: one baselines task and `seeds` runs of each variant (`ablation_seeds` of the
-    ablation, when given)."""
+         device: str = "auto", ablation_seeds: int | None = None, categories: str = "fine",
+         grid: dict[str, dict[str, Any]] | None = None, baselines: bool = True) -> list[dict[str, Any]]:
+    """Per domain: one baselines task (unless `baselines` is False) and `seeds` runs of each
+    variant (`ablation_seeds` of the ablation, when given). A variant is "model" (the default
+    config), "ablation", or a name in `grid`, whose config overrides it adds."""
+    grid = grid or {}
+    unknown = set(variants) - {"model", "ablation"} - set(grid)
+    if unknown:
+        raise ValueError(f"variants neither built in nor in the grid: {sorted(unknown)}")
     tasks = []
     for domain in domains:
         spec = f"s3rec:{Path(datasets) / 'amazon' / domain}"
-        tasks.append({"name": f"{domain}-{BASELINES}", "domain": domain, "spec": spec, "variant": BASELINES,
-                      "seed": 0, "categories": categories})
+        if baselines:
+            tasks.append({"name": f"{domain}-{BASELINES}", "domain": domain, "spec": spec, "variant": BASELINES,
+                          "seed": 0, "categories": categories})
         for seed in range(seeds):
             for variant in variants:
                 if variant == "ablation" and ablation_seeds is not None and seed >= ablation_seeds:
                     continue
-                over = overrides | (ABLATION if variant == "ablation" else {})
+                over = overrides | (ABLATION if variant == "ablation" else {}) | grid.get(variant, {})
                 tasks.append({"name": f"{domain}-{variant}-{seed}", "domain": domain, "spec": spec,
                               "variant": variant, "seed": seed, "overrides": {**over, "threads": threads},
                               "epochs": epochs, "device": device, "categories": categories})
@@ -71,6 +78,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
                 seed=task["seed"], progress=False))
         moves = report["migration"]["served"]
         metrics = report["metrics"] | {k: moves[k] for k in MIGRATION}
+        metrics["valid_NDCG@10"] = max(r["valid_NDCG@10"] for r in report["history"])
         out = {"seed": task["seed"], "metrics": metrics, "train_seconds": report["train_seconds"],
                "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
                "epochs_run": report["epochs_run"], "history": report["history"],
@@ -98,6 +106,8 @@ def collate(tasks: list[dict[str, Any]], runs: dict[str, dict[str, Any]], overri
 
 def _mean_std(runs: list[dict[str, Any]], key: str) -> str:
     values = np.array([r["metrics"].get(key, np.nan) for r in runs], dtype=np.float64)
+    if np.isnan(values).all():
+        return "—"
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}"
@@ -134,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="category granularity of the migration columns (Amazon files)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ablation-seeds", type=int, help="seeds of the ablation (default: --seeds)")
-    parser.add_argument("--variants", default="model,ablation")
+    parser.add_argument("--variants", default="model,ablation",
+                        help="comma-separated: model, ablation and/or names from --grid")
+    parser.add_argument("--grid", type=Path,
+                        help="JSON file {variant name: config overrides} (experiments; selection by valid_NDCG@10)")
+    parser.add_argument("--no-baselines", action="store_true", help="train the variants only")
     parser.add_argument("--max-minutes", type=float, default=45.0,
                         help="wall-clock cap per run: runs side by side are slower than one alone")
     parser.add_argument("--config", help="JSON file of config overrides")
@@ -154,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     tasks = plan(args.datasets, args.domains.split(","), args.seeds, tuple(args.variants.split(",")),
-                 overrides, args.threads, args.epochs, args.device, args.ablation_seeds, args.categories)
+                 overrides, args.threads, args.epochs, args.device, args.ablation_seeds, args.categories,
+                 grid=json.loads(args.grid.read_text()) if args.grid else None, baselines=not args.no_baselines)
     def write(runs: dict[str, dict[str, Any]]) -> None:  # after every run: an interrupted report keeps its table
         _write(collate(tasks, runs, overrides), args.out)
 

@@ -1,0 +1,85 @@
+"""The optional model parts measured for the accuracy work (training/RESULTS.md): the causal
+frequency filter beside attention and the contrastive regulariser. Each keeps what the model
+promises: no position sees a later event, left padding changes nothing, and the package exports
+with its parity check."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from shared import model_package as pkg
+from training.model import ModelConfig, ShiftRec
+from training.train import RunOptions, TrainConfig, main, train
+
+from .conftest import TINY
+
+VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3},
+            "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0}}
+
+
+def small_model(**over) -> ShiftRec:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, n_layers=2, use_text=False, **over)
+    tags = torch.randint(0, 5, (21, 2))
+    cats = torch.randint(1, 4, (21,))
+    return ShiftRec(cfg, tags, item_categories=cats).eval()
+
+
+def sequence(length: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.zeros(1, width, dtype=torch.int64)
+    items[0, -length:] = torch.randint(1, 21, (length,), generator=g)
+    types = (items > 0).long()
+    times = torch.zeros_like(items)
+    times[0, -length:] = torch.cumsum(torch.randint(0, 10_000, (length,), generator=g), 0) + 1_400_000_000
+    return items, types, times
+
+
+def test_the_filter_is_causal():
+    model = small_model(**VARIANTS["filter"])
+    items, types, times = sequence(6, 8)
+    changed = items.clone()
+    changed[0, -1] = 1 + changed[0, -1] % 20  # a different last event
+    with torch.no_grad():
+        table = model.item_table()
+        a = model.encode(items, types, times, table)
+        b = model.encode(changed, types, times, table)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1])  # earlier positions do not see it
+    assert not torch.allclose(a[:, -1], b[:, -1])  # the last one does
+
+
+def test_the_filter_ignores_left_padding():
+    model = small_model(**VARIANTS["filter"])
+    items, types, times = sequence(4, 8)
+    with torch.no_grad():
+        full = model.score(items, types, times)[0]
+        trimmed = model.score(items[:, -4:], types[:, -4:], times[:, -4:])[0]
+    torch.testing.assert_close(full, trimmed)
+
+
+def test_the_contrastive_term_changes_training_only():
+    plain, cl = small_model(), small_model(**VARIANTS["contrastive"])
+    cl.load_state_dict(plain.state_dict())
+    items, types, times = (torch.cat(parts) for parts in zip(*(sequence(6, 8, seed) for seed in range(3))))
+    targets = torch.roll(items, -1, 1)
+    targets[:, -1] = 3  # a batch of three: the other two are each one's negatives
+    with torch.no_grad():
+        torch.testing.assert_close(plain.score(items, types, times)[0], cl.score(items, types, times)[0])
+        plain.train(), cl.train()
+        torch.manual_seed(1)
+        a = plain.loss(items, types, times, targets)
+        torch.manual_seed(1)
+        b = cl.loss(items, types, times, targets)
+    assert float(b) != float(a)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_trains_and_exports_with_parity(variant, tiny, tmp_path):
+    result = train(tiny, ModelConfig(**TINY, **VARIANTS[variant]), TrainConfig(epochs=1, device="cpu"),
+                   progress=False)
+    assert np.isfinite(result.history[0]["loss"])
+    main(data=tiny, out=str(tmp_path / "models"),
+         run=RunOptions(overrides={**TINY, **VARIANTS[variant], "epochs": 1}, device="cpu", progress=False))
+    manifest = pkg.load_manifest(tmp_path / "models" / pkg.latest_version(tmp_path / "models"))
+    assert manifest.metrics["parity"]["max_abs_diff_scores"] <= 1e-4
