@@ -29,6 +29,11 @@ FEATURE_AUTH_FAILURES = Counter(
     "Calls of inference to FeatureService refused for authentication or permission, by code",
     ["code"],
 )
+INFERENCE_BATCH_ROWS = Histogram(
+    "shiftrec_inference_batch_rows",
+    "Rows per ONNX Runtime call of the dynamic batcher (concurrent Recommend/ScoreItems gathered)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 RECOMMEND_STRATEGY = Counter(
     "shiftrec_recommend_strategy", "Recommend responses by strategy", ["strategy"]
 )

@@ -73,7 +73,18 @@ class Settings(BaseSettings):
         "auto", pattern="^(auto|cpu|cuda)$", description="ONNX Runtime device: auto, cpu or cuda."
     )
     inference_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per call.")
-    inference_workers: int = Field(2, ge=1, description="Model calls that may run at once.")
+    inference_workers: int = Field(
+        8, ge=1, description="Requests inference works on at once (encoding, waiting on the model, "
+        "ranking); with batching, up to this many share one model call."
+    )
+    inference_batch_max: int = Field(
+        32, ge=1, le=1024, description="Most rows one ONNX Runtime call gathers from concurrent "
+        "Recommend/ScoreItems requests (dynamic batching); 1 = every request runs alone."
+    )
+    inference_batch_wait_ms: float = Field(
+        0.0, ge=0, le=50, description="How long a model call waits for other requests to join "
+        "its batch; 0 = it takes only those already waiting (no added latency at low load)."
+    )
     features_target: str = Field("127.0.0.1:50052", description="FeatureService host:port.")
     features_timeout_seconds: float = Field(
         0.25, gt=0, description="Deadline of inference's GetUserHistory calls."

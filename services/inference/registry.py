@@ -26,10 +26,13 @@ class ModelRegistry:
     """Holds the current ModelRuntime. Requests take `current()` once and use that object to the
     end, so a swap never changes the model under a request in flight."""
 
-    def __init__(self, model_dir: str | Path, *, device: str = "auto", threads: int = 1) -> None:
+    def __init__(self, model_dir: str | Path, *, device: str = "auto", threads: int = 1,
+                 batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
         self.model_dir = Path(model_dir)
         self.device = device
         self.threads = threads
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
         self.stats = RegistryStats()
         self._current: ModelRuntime | None = None
         self._refused: set[str] = set()
@@ -68,11 +71,16 @@ class ModelRegistry:
         try:
             if pkg.VERSION_PATTERN.fullmatch(version) is None:
                 raise PackageError(f"LATEST names {version!r}, not a version directory")
-            runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads)
-            if runtime.version != version:
-                raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")
-            runtime.warm_up()
-            diff = runtime.check_parity()
+            runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads,
+                                   batch_max=self.batch_max, batch_wait_s=self.batch_wait_s)
+            try:
+                if runtime.version != version:
+                    raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")
+                runtime.warm_up()
+                diff = runtime.check_parity()
+            except Exception:
+                runtime.close()
+                raise
         except Exception as exc:  # noqa: BLE001 - whatever a package does, it is only refused
             self._refused.add(version)
             self.stats.load_failures += 1
@@ -81,7 +89,9 @@ class ModelRegistry:
             log.error("model refused; not tried again",
                       extra={"version": version, "serving": current, "error": f"{type(exc).__name__}: {exc}"})
             return False
-        self._current = runtime  # the swap: one reference assignment
+        previous, self._current = self._current, runtime  # the swap: one reference assignment
+        if previous is not None:
+            previous.close()  # requests still on it finish; its batching thread ends
         self.stats.loads += 1
         metrics.MODEL_LOADS.inc()
         metrics.MODEL_INFO.clear()

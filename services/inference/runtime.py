@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from services.inference.batching import DynamicBatcher
 from shared import model_package as pkg
 from shared.encoding import encode_histories, item_index
 
@@ -50,9 +51,12 @@ def choose_providers(device: str) -> list[str]:
 
 
 class ModelRuntime:
-    """A model package ready to serve. Thread-safe: ONNX Runtime sessions allow concurrent run()."""
+    """A model package ready to serve. Thread-safe: ONNX Runtime sessions allow concurrent run().
+    With `batch_max` > 1, concurrent `run()` calls are gathered into one session call
+    (`services.inference.batching`); `close()` stops that when the runtime is swapped out."""
 
-    def __init__(self, package_dir: str | Path, *, device: str = "auto", threads: int = 1) -> None:
+    def __init__(self, package_dir: str | Path, *, device: str = "auto", threads: int = 1,
+                 batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
         self.package_dir = Path(package_dir)
         try:
             self.manifest = pkg.load_manifest(self.package_dir)
@@ -94,6 +98,14 @@ class ModelRuntime:
             if not self.categories or (isinstance(n_cat, int) and n_cat != len(self.categories)):
                 raise PackageError(f"{self.package_dir}: manifest categories do not match the model's outputs")
         self.shift_window = int((getattr(self.manifest, "shift", None) or {}).get("window", 0))
+        self.batch_max = batch_max
+        self._batcher = (DynamicBatcher(self._run_scores, max_batch=batch_max, max_wait_s=batch_wait_s,
+                                        name=f"batcher-{self.version}") if batch_max > 1 else None)
+
+    def close(self) -> None:
+        """Stop gathering calls (what is queued is served; later calls run alone)."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, histories: Sequence[Sequence[Step]]) -> dict[str, np.ndarray]:
@@ -106,7 +118,14 @@ class ModelRuntime:
 
     # -- running --------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scores (B, N), probabilities (B, N), user_repr (B, D))."""
+        """(scores (B, N), probabilities (B, N), user_repr (B, D)); shares a model call with
+        concurrent callers when batching is on."""
+        if self._batcher is None:
+            return self._run_scores(feeds)
+        scores, probabilities, user = self._batcher.run(feeds)
+        return scores, probabilities, user
+
+    def _run_scores(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
         return scores, probabilities, user
 
@@ -128,9 +147,9 @@ class ModelRuntime:
 
     def warm_up(self) -> None:
         """First runs allocate and tune; do them before taking traffic."""
-        for batch in (1, 8):
+        for batch in sorted({1, 8, self.batch_max}):
             feeds = {name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES}
-            scores, _, _ = self.run(feeds)
+            scores, _, _ = self._run_scores(feeds)
             if scores.shape != (batch, len(self.item_vocab)):
                 raise PackageError(f"{self.package_dir}: model scores {scores.shape[1:]} items, "
                                    f"item_vocab has {len(self.item_vocab)}")

@@ -27,7 +27,8 @@ class InferenceServer:
     def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.settings = settings
         self.registry = ModelRegistry(
-            settings.model_dir, device=settings.inference_device, threads=settings.inference_threads
+            settings.model_dir, device=settings.inference_device, threads=settings.inference_threads,
+            batch_max=settings.inference_batch_max, batch_wait_s=settings.inference_batch_wait_ms / 1000,
         )
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")

@@ -1,0 +1,116 @@
+"""Dynamic batching: concurrent model calls gathered into one ONNX Runtime call.
+
+As Triton's dynamic batcher does: callers (the request threads of Recommend and ScoreItems) put
+their rows on a queue and wait; one thread takes the first waiting call, adds whatever else is
+queued (up to `max_batch` rows, waiting at most `max_wait_s` for more), runs the model once on
+the stacked rows and hands each caller its own slice. With `max_wait_s` 0 nothing waits for
+company: at low load every call runs alone as before, and under load the calls that queued
+while the model was busy share the next run. No gRPC here; numpy in and out.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared import metrics
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+Outputs = tuple[np.ndarray, ...]
+
+
+@dataclass
+class _Call:
+    feeds: Feeds
+    rows: int
+    future: Future[Outputs] = field(default_factory=Future)
+
+
+class DynamicBatcher:
+    """Runs `run_batch` (feeds of B rows -> outputs whose first axis is B) for many callers at
+    once. Thread-safe; `close()` serves what is queued, then calls run directly."""
+
+    def __init__(self, run_batch: Callable[[Feeds], Outputs], *, max_batch: int, max_wait_s: float = 0.0,
+                 name: str = "batcher") -> None:
+        if max_batch < 2:
+            raise ValueError("max_batch must be at least 2 (1 means no batching: do not build one)")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, feeds: Feeds) -> Outputs:
+        """The outputs for these rows, computed alongside whatever other calls are waiting."""
+        rows = len(next(iter(feeds.values())))
+        if rows >= self.max_batch:
+            return self.run_batch(feeds)
+        call = _Call(feeds, rows)
+        with self._lock:  # nothing is queued behind the close marker
+            if self._closed:
+                return self.run_batch(feeds)
+            self._queue.put(call)
+        return call.future.result()
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        carry: _Call | None = None
+        closing = False
+        while not (closing and carry is None):
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is None:
+                closing = True
+                continue
+            calls, rows = [first], first.rows
+            deadline = time.monotonic() + self.max_wait_s
+            while rows < self.max_batch and not closing:
+                left = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    closing = True
+                elif rows + nxt.rows > self.max_batch:
+                    carry = nxt  # starts the next batch
+                    break
+                else:
+                    calls.append(nxt)
+                    rows += nxt.rows
+            self._execute(calls, rows)
+
+    def _execute(self, calls: list[_Call], rows: int) -> None:
+        try:
+            if len(calls) == 1:
+                outputs = self.run_batch(calls[0].feeds)
+            else:
+                names = list(calls[0].feeds)
+                outputs = self.run_batch({n: np.concatenate([c.feeds[n] for c in calls]) for n in names})
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error; the loop goes on
+            for call in calls:
+                call.future.set_exception(exc)
+            return
+        metrics.INFERENCE_BATCH_ROWS.observe(rows)
+        start = 0
+        for call in calls:
+            end = start + call.rows
+            call.future.set_result(tuple(o[start:end] for o in outputs))
+            start = end
