@@ -72,6 +72,37 @@ async def offered_load(target: str, users: list[str], rate: float, seconds: floa
     }
 
 
+async def closed_loop(target: str, users: list[str], clients: int, seconds: float, k: int,
+                      deadline: float) -> dict[str, float]:
+    """`clients` callers each sending Recommend as soon as the last answer came, for `seconds`:
+    the throughput the stack sustains, and the latency it costs."""
+    latencies: list[float] = []
+    errors = 0
+    rng = random.Random(clients)
+    async with open_aio_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        await stub.Recommend(inference_pb2.RecommendRequest(user_id=users[0], k=k), timeout=5)
+        stop = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                sent = time.perf_counter()
+                try:
+                    await stub.Recommend(inference_pb2.RecommendRequest(user_id=rng.choice(users), k=k),
+                                         timeout=deadline)
+                    latencies.append(time.perf_counter() - sent)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "achieved_rps": len(latencies) / elapsed, "errors": errors,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
 def time_call(fn, repeats: int) -> float:
     """Median milliseconds of `fn()` after two warm-up calls."""
     fn()
@@ -139,6 +170,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--deadline", type=float, default=1.0, help="client deadline per call, seconds")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the model-alone table")
+    parser.add_argument("--clients", default="1,8,32", help="closed-loop client counts (empty: none)")
     parser.add_argument("--out", default="var/bench/serve.json")
     args = parser.parse_args()
 
@@ -161,6 +193,13 @@ def main() -> None:
             load_rows.append(row)
             print(f"  {rate:.0f} req/s: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                   f"errors {row['errors']}", flush=True)
+        closed_rows = []
+        for clients in (int(c) for c in args.clients.split(",") if c):
+            row = asyncio.run(closed_loop(stack.inference.target, users, clients, args.seconds, args.k,
+                                          args.deadline))
+            closed_rows.append(row)
+            print(f"  {clients} closed-loop clients: {row['achieved_rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms",
+                  flush=True)
     package = pkg.resolve_package(models)
     alone = model_alone(package, args.threads)
 
@@ -169,13 +208,18 @@ def main() -> None:
     print_table(["offered req/s", "achieved req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"],
                 [[r["offered_rps"], r["achieved_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"],
                   r["errors"]] for r in load_rows])
+    print(f"\nClosed loop (each client sends when its last answer came, {args.seconds:.0f} s)\n")
+    print_table(["clients", "req/s", "p50 ms", "p99 ms", "errors"],
+                [[r["clients"], r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for r in closed_rows])
     manifest = pkg.load_manifest(package)
     print(f"\nModel alone ({len(manifest.item_vocab):,} items, max_len {manifest.max_len}, "
           f"{args.threads} thread(s), median ms per call)\n")
     print_table(["batch", "ONNX Runtime ms", "PyTorch eager ms", "ORT speed-up"],
                 [[r["batch"], r["onnxruntime_ms"], r["pytorch_eager_ms"], r["speedup"]] for r in alone])
     write_json(args.out, {"benchmark": "serve", "domain": args.domain, "k": args.k,
-                          "model_version": manifest.version, "load": load_rows, "model_alone": alone})
+                          "model_version": manifest.version, "load": load_rows, "closed_loop": closed_rows,
+                          "settings": {k: v for k, v in os.environ.items() if k.startswith("SHIFTREC_INFERENCE")},
+                          "model_alone": alone})
 
 
 if __name__ == "__main__":
