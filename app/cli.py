@@ -90,6 +90,24 @@ def cmd_import_taobao(args: argparse.Namespace) -> int:
     return _print_report(report)
 
 
+def cmd_import_synthetic(args: argparse.Namespace) -> int:
+    from app.importer import import_records
+    from app.scale import ScaleStorefront
+
+    store = ScaleStorefront(items_n=args.items, events_n=args.events, categories_n=args.categories,
+                            shoppers_n=args.shoppers, seed=args.seed)
+    report = import_records(
+        args.target,
+        store.events(),
+        store.items(),
+        batch_size=args.batch_size,
+        total=args.events,
+        progress=not args.quiet,
+        client=ClientConfig.from_settings(Settings()),
+    )
+    return _print_report(report)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -124,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="send a dataset through IngestionService"
     ).add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, holdout: bool = True) -> None:
         p.add_argument("--target", default="127.0.0.1:50051", help="ingestion host:port")
-        p.add_argument("--holdout-last", type=int, default=0, metavar="N",
-                       help="leave out each user's last N interactions (evaluation protocol)")
+        if holdout:
+            p.add_argument("--holdout-last", type=int, default=0, metavar="N",
+                           help="leave out each user's last N interactions (evaluation protocol)")
         p.add_argument("--batch-size", type=int, default=500)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -146,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     taobao.add_argument("--path", default=f"{DEFAULT_DATASETS}/taobao/UserBehavior_head.csv")
     common(taobao)
     taobao.set_defaults(func=cmd_import_taobao)
+
+    synthetic = imp.add_parser("synthetic", help="a generated storefront at any scale (app/scale.py): "
+                               "Zipf-popular items and categories, shoppers drifting between categories")
+    synthetic.add_argument("--items", type=int, default=100_000)
+    synthetic.add_argument("--events", type=int, default=1_000_000)
+    synthetic.add_argument("--categories", type=int, default=200)
+    synthetic.add_argument("--shoppers", type=int, default=0, help="default: events / 20")
+    synthetic.add_argument("--seed", type=int, default=0)
+    common(synthetic, holdout=False)
+    synthetic.set_defaults(func=cmd_import_synthetic)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline end to end on embedded defaults (what `make demo` runs)"

@@ -67,3 +67,18 @@ def test_taobao_import_maps_behaviours_and_categories(ingestion_target) -> None:
     assert store.get_items([rows[0][1]])[rows[0][1]].category == f"cat:{rows[0][2]}"
     again = import_records(target, data.events, data.items, progress=False)
     assert (again.accepted, again.duplicates) == (0, len(rows))
+
+
+def test_synthetic_storefront_through_the_cli(ingestion_target, capsys) -> None:
+    from app.cli import main as cli
+
+    target, store = ingestion_target
+    args = ["import", "synthetic", "--target", target, "--items", "400", "--events", "3000",
+            "--categories", "12", "--seed", "2", "--quiet"]
+    assert cli(args) == 0
+    assert store.count_events() == 3000 and store.count_items() == 400
+    history = store.recent_history("u0", 1000)
+    assert history and all(h.category.startswith("c") for h in history)
+    assert cli(args) == 0  # the same seed again: every event a duplicate
+    assert store.count_events() == 3000
+    assert "duplicates" in capsys.readouterr().out
