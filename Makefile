@@ -8,7 +8,7 @@ GEN_STAMP := gen/.stamp
 DATASETS ?= ../shared/datasets
 SOAK_MINUTES ?= 10
 
-.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-cuda bench-quality bench-train report-train bench-transfer bench-drift bench-migration soak clean
+.PHONY: help setup protos demo test lint bench-ingest bench-serve bench-cuda bench-scale bench-quality bench-train report-train bench-transfer bench-drift bench-migration soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Run
 
 bench-cuda: setup  ## model alone on a GPU: ORT CUDA vs CPU vs PyTorch, 12k and 1M items, batch 1/32/256 (says so without one)
 	$(BIN)/python -m tests.bench.cuda --out var/bench/cuda.json
+
+bench-scale: setup  ## store growth to 10M events (ingest, history p99, load) and catalogue to 1M items (package, RSS, model call); PNG
+	$(BIN)/python -m tests.bench.scale --out var/bench/scale.json
 
 bench-quality: setup  ## served = evaluated: import (holdout 1), train from the store, serve, HR/NDCG vs offline
 	$(BIN)/python -m tests.bench.quality --datasets $(DATASETS) --out var/bench/quality.json

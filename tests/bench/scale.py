@@ -1,0 +1,276 @@
+"""make bench-scale: cost curves as the store and the catalogue grow.
+
+Store growth, per database (SQLite, PostgreSQL): the store is filled in bulk with the generated
+storefront (`app/scale.py`) up to each size E, and at each size the benchmark measures
+(a) events/s through a real `shiftrec serve ingestion` process (new shoppers' events, batches of
+500, 4 concurrent clients), (b) `GetUserHistory` p50/p99 through a real `shiftrec serve
+features` process for random stored shoppers, and (c) the seconds training takes to load the
+store (`training.data.load_store`) with its peak memory.
+
+Catalogue growth, per N items: the default architecture with untrained weights exported to the
+package's graph (what serving loads; weights do not change its cost): export seconds, package
+size, the resident memory of a process holding the ONNX Runtime session, and the model call
+alone at batch 1 (p50/p99, one intra-op thread, as the service runs it) and batch 32.
+
+Bounded: fixed sizes and call counts; loopback only; prints tables, writes JSON and a PNG.
+`--quick` runs small sizes (the smoke test in `make test`).
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from app.processes import ServiceProcess
+from app.scale import ScaleStorefront
+from shared import model_package as pkg
+from shared.clients import ClientConfig, open_channel
+from shared.settings import Settings
+from shared.store import EventRecord, create_store_engine, open_store
+from shiftrec.v1 import features_pb2, features_pb2_grpc
+from tests.bench.common import print_table, write_json
+from tests.bench.ingest import fresh_postgres
+
+FULL_EVENTS = (1_000_000, 5_000_000, 10_000_000)
+FULL_ITEMS = (12_101, 100_000, 1_000_000)
+QUICK_EVENTS = (20_000, 60_000)
+QUICK_ITEMS = (2_000, 20_000)
+
+
+def chunks(events: Iterator[EventRecord], size: int) -> Iterator[list[EventRecord]]:
+    batch: list[EventRecord] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def bulk_fill(url: str, events: Iterator[EventRecord], n: int) -> tuple[float, str]:
+    """Write the next `n` events with the database's bulk path; returns (events/s, the user of
+    the last event written)."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    columns = "event_id, user_id, item_id, event_type, occurred_at_us, received_at_us, platform, value"
+    engine = create_store_engine(url)
+    start, written, last_user = time.perf_counter(), 0, ""
+    for batch in chunks(events, min(100_000, n)):
+        rows = [(e.event_id, e.user_id, e.item_id, e.event_type, e.occurred_at_us, e.occurred_at_us,
+                 e.platform, e.value) for e in batch]
+        if engine.dialect.name == "postgresql":
+            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(dsn) as conn, conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?,?,?)", rows)
+        written += len(batch)
+        last_user = batch[-1].user_id
+        if written >= n:
+            break
+    engine.dispose()
+    return written / (time.perf_counter() - start), last_user
+
+
+def ingest_probe(target: str, events: list[EventRecord], clients: int = 4) -> float:
+    """Events/s through IngestionService; every event must be accepted."""
+    from app.importer import import_records
+
+    start = time.perf_counter()
+    report = import_records(target, events, batch_size=500, in_flight=clients, progress=False,
+                            client=ClientConfig.from_settings(Settings()))
+    elapsed = time.perf_counter() - start
+    if report.accepted != len(events):
+        raise RuntimeError(f"ingest probe: {report.accepted} of {len(events)} accepted")
+    return len(events) / elapsed
+
+
+def history_probe(target: str, users: list[str], calls: int, limit: int = 200) -> dict[str, float]:
+    rng = random.Random(0)
+    samples = []
+    with open_channel(target, ClientConfig.from_settings(Settings())) as channel:
+        stub = features_pb2_grpc.FeatureServiceStub(channel)
+        stub.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id=users[0], limit=limit), timeout=10)
+        for _ in range(calls):
+            start = time.perf_counter()
+            stub.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id=rng.choice(users), limit=limit),
+                                timeout=10)
+            samples.append((time.perf_counter() - start) * 1000)
+    return {"history_p50_ms": float(np.percentile(samples, 50)), "history_p99_ms": float(np.percentile(samples, 99))}
+
+
+def load_probe(url: str) -> dict[str, float]:
+    """Training's load of the whole store, in a fresh process (its peak memory is its own)."""
+    code = ("import json, resource, sys, time; from training.data import load_store; t = time.perf_counter(); "
+            "d = load_store(sys.argv[1]); print(json.dumps({'load_seconds': time.perf_counter() - t, "
+            "'load_peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+            "'load_users': len(d.users)}))")
+    out = subprocess.run([sys.executable, "-c", code, url], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def store_growth(backend: str, sizes: tuple[int, ...], args: argparse.Namespace) -> list[dict[str, float]]:
+    storefront = ScaleStorefront(items_n=args.store_items, events_n=max(sizes), seed=args.seed)
+    newcomers = ScaleStorefront(items_n=args.store_items, events_n=args.probe_events * (len(sizes) + 2),
+                                seed=args.seed + 1)  # the probes: other shoppers, so never duplicates
+    probes = [[replace(e, event_id=f"p{e.event_id}", user_id=f"p{e.user_id}") for e in batch]
+              for batch in chunks(newcomers.events(), args.probe_events)]
+    with tempfile.TemporaryDirectory(prefix="shiftrec-bench-scale-") as tmp:
+        if backend == "sqlite":
+            url, cleanup = f"sqlite:///{Path(tmp) / 'store.db'}", (lambda: None)
+        else:
+            url, cleanup = fresh_postgres(args.postgres_url)
+        try:
+            store = open_store(url)
+            store.upsert_items(storefront.items(), updated_at_us=1)
+            store.engine.dispose()
+            rows: list[dict[str, float]] = []
+            stream = storefront.events()
+            env = {"SHIFTREC_DATABASE_URL": url}
+            with ServiceProcess("ingestion", env) as ingestion, ServiceProcess("features", env) as features:
+                ingest_probe(ingestion.target, probes[-1][:1_000])  # warm the service and its connections
+                empty_rate = ingest_probe(ingestion.target, probes[0])
+                have, filled, last_user = args.probe_events + 1_000, 0, "u0"
+                rows.append({"database": backend, "events": have, "ingest_events_per_s": empty_rate})
+                for i, size in enumerate(sizes, start=1):
+                    fill_rate, last_user = bulk_fill(url, stream, size - have) if size > have else (0.0, last_user)
+                    filled += max(size - have, 0)
+                    have = max(size, have)
+                    row = {"database": backend, "bulk_fill_events_per_s": fill_rate,
+                           "ingest_events_per_s": ingest_probe(ingestion.target, probes[i])}
+                    have += args.probe_events
+                    written = int(last_user[1:]) + 1  # shoppers u0 .. last_user are in the store
+                    users = [f"u{j}" for j in random.Random(i).sample(range(written), min(written, 5_000))]
+                    row |= {"events": have, **history_probe(features.target, users, args.history_calls),
+                            **load_probe(url), "ingest_vs_empty": row["ingest_events_per_s"] / empty_rate}
+                    rows.append(row)
+                    print(f"  {backend} {have:,} events: ingest {row['ingest_events_per_s']:,.0f} ev/s "
+                          f"({row['ingest_vs_empty']:.2f} of empty), history p99 {row['history_p99_ms']:.1f} ms, "
+                          f"load {row['load_seconds']:.0f} s", flush=True)
+            return rows
+        finally:
+            cleanup()
+
+
+def catalogue_point(n_items: int, categories: int, calls: int) -> dict[str, float]:
+    """Export an untrained default model over `n_items` items and time the model call in a fresh
+    process (its resident memory is the session's)."""
+    from tests.bench.cuda import export_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="shiftrec-bench-scale-") as tmp:
+        path = Path(tmp) / pkg.MODEL_FILE
+        _, export_seconds = export_synthetic(n_items, categories, 50, path)
+        size_mib = path.stat().st_size / 2**20
+        code = f"""
+import json, resource, statistics, time
+import numpy as np, onnxruntime as ort
+from shared import model_package as pkg
+from tests.bench.cuda import feeds_for
+o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
+s = ort.InferenceSession({str(path)!r}, o, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(0); out = {{}}
+for batch, calls in ((1, {calls}), (32, max(3, {calls} // 20))):
+    f = feeds_for({n_items}, batch, 50, rng); s.run(list(pkg.OUTPUT_NAMES), f); t = []
+    for _ in range(calls):
+        a = time.perf_counter(); s.run(list(pkg.OUTPUT_NAMES), f); t.append((time.perf_counter() - a) * 1000)
+    out[f"batch{{batch}}_p50_ms"] = float(np.percentile(t, 50)); out[f"batch{{batch}}_p99_ms"] = float(np.percentile(t, 99))
+out["inference_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+        result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"items": n_items, "export_seconds": export_seconds, "package_mib": size_mib, **measured}
+
+
+def plot(store_rows: list[dict], catalogue_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for backend in sorted({r["database"] for r in store_rows}):
+        rows = [r for r in store_rows if r["database"] == backend]
+        axes[0].plot([r["events"] for r in rows], [r["ingest_events_per_s"] for r in rows], "o-", label=backend)
+        grown = [r for r in rows if "history_p99_ms" in r]
+        axes[1].plot([r["events"] for r in grown], [r["history_p99_ms"] for r in grown], "o-", label=backend)
+    axes[0].set(xscale="log", xlabel="events in the store", ylabel="ingest events/s", title="Ingestion")
+    axes[1].set(xscale="log", xlabel="events in the store", ylabel="ms", title="GetUserHistory p99")
+    for ax in axes[:2]:
+        ax.legend()
+    if catalogue_rows:
+        n = [r["items"] for r in catalogue_rows]
+        axes[2].plot(n, [r["batch1_p99_ms"] for r in catalogue_rows], "o-", label="model call p99, batch 1")
+        axes[2].plot(n, [r["inference_rss_mib"] / 10 for r in catalogue_rows], "s--", label="session RSS / 10 MiB")
+        axes[2].set(xscale="log", yscale="log", xlabel="catalogue items", title="Catalogue (CPU, 1 thread)")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"curves drawn in {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: the smoke test")
+    parser.add_argument("--events", help="store sizes, comma-separated (default 1M,5M,10M)")
+    parser.add_argument("--items", help="catalogue sizes, comma-separated (default 12101,100k,1M)")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--store-items", type=int, default=100_000, help="catalogue of the store-growth runs")
+    parser.add_argument("--probe-events", type=int, default=20_000, help="events per ingest probe")
+    parser.add_argument("--history-calls", type=int, default=2_000)
+    parser.add_argument("--model-calls", type=int, default=200, help="model calls per catalogue size")
+    parser.add_argument("--categories", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "SHIFTREC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--out", default="var/bench/scale.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.store_items, args.probe_events, args.history_calls, args.model_calls = 2_000, 2_000, 200, 20
+    events = tuple(int(e) for e in args.events.split(",")) if args.events else (QUICK_EVENTS if args.quick else FULL_EVENTS)
+    items = tuple(int(n) for n in args.items.split(",") if n) if args.items is not None else (
+        QUICK_ITEMS if args.quick else FULL_ITEMS)
+
+    store_rows: list[dict] = []
+    for backend in args.databases.split(","):
+        if backend:
+            store_rows += store_growth(backend, events, args)
+    catalogue_rows = []
+    for n in items:
+        row = catalogue_point(n, args.categories, args.model_calls)
+        catalogue_rows.append(row)
+        print(f"  {n:,} items: package {row['package_mib']:,.0f} MiB, batch 1 p99 {row['batch1_p99_ms']:.1f} ms, "
+              f"RSS {row['inference_rss_mib']:,.0f} MiB", flush=True)
+
+    print(f"\nStore growth ({args.store_items:,}-item storefront; probes of {args.probe_events:,} new events, "
+          f"{args.history_calls:,} history reads; {os.cpu_count()} CPUs)\n")
+    print_table(["database", "events", "bulk fill ev/s", "ingest ev/s", "vs empty", "history p50 ms",
+                 "history p99 ms", "load s", "load peak MiB"],
+                [[r["database"], f"{r['events']:,}", r.get("bulk_fill_events_per_s", "—"), r["ingest_events_per_s"],
+                  r.get("ingest_vs_empty", 1.0), r.get("history_p50_ms", "—"), r.get("history_p99_ms", "—"),
+                  r.get("load_seconds", "—"), r.get("load_peak_rss_mib", "—")] for r in store_rows])
+    print("\nCatalogue growth (untrained default architecture; ONNX Runtime CPU, 1 intra-op thread)\n")
+    print_table(["items", "export s", "package MiB", "session RSS MiB", "batch 1 p50 ms", "batch 1 p99 ms",
+                 "batch 32 p50 ms"],
+                [[f"{r['items']:,}", r["export_seconds"], r["package_mib"], r["inference_rss_mib"],
+                  r["batch1_p50_ms"], r["batch1_p99_ms"], r["batch32_p50_ms"]] for r in catalogue_rows])
+    out = Path(args.out)
+    write_json(out, {"benchmark": "scale", "quick": args.quick, "store": store_rows, "catalogue": catalogue_rows})
+    plot(store_rows, catalogue_rows, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

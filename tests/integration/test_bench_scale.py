@@ -1,0 +1,27 @@
+"""`make bench-scale --quick`: both databases grow, every figure is measured and positive, and the
+table, JSON and curves are written."""
+
+import json
+import math
+
+from tests.bench import scale
+
+
+def test_quick_scale_benchmark(postgres_server_url, tmp_path, capsys) -> None:
+    out = tmp_path / "scale.json"
+    scale.main(["--quick", "--postgres-url", postgres_server_url, "--out", str(out)])
+    result = json.loads(out.read_text())
+    for backend in ("sqlite", "postgresql"):
+        rows = [r for r in result["store"] if r["database"] == backend]
+        assert [r["events"] for r in rows] == [3_000, 22_000, 62_000]  # filled to each size, then a probe
+        assert all(r["ingest_events_per_s"] > 0 for r in rows)
+        for row in rows[1:]:
+            assert row["bulk_fill_events_per_s"] > 0
+            assert 0 < row["history_p50_ms"] <= row["history_p99_ms"] < 1_000
+            assert row["load_users"] > 0 and row["load_seconds"] > 0
+    catalogue = result["catalogue"]
+    assert [r["items"] for r in catalogue] == list(scale.QUICK_ITEMS)
+    assert catalogue[1]["package_mib"] > catalogue[0]["package_mib"]
+    assert all(math.isfinite(r["batch1_p99_ms"]) and r["inference_rss_mib"] > 0 for r in catalogue)
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "Store growth" in capsys.readouterr().out
