@@ -15,7 +15,7 @@ from torch import nn
 from shared import model_package as pkg
 from shared.encoding import model_inputs
 from training.data import SequenceData, eval_set
-from training.model import ShiftRec
+from training.model import ItemTableT, ShiftRec
 from training.parity_sample import synthetic_parity_inputs
 from training.text import ENCODER_NAME
 
@@ -55,13 +55,14 @@ class ServingModel(nn.Module):
         super().__init__()
         self.model = model.eval()
         with torch.no_grad():
-            self.register_buffer("table", model.item_table().detach().clone())  # (N+1, D)
+            # (D, N+1): held transposed so that the graph carries the table once (ItemTableT)
+            self.register_buffer("table_t", model.item_table().detach().T.contiguous())
         self.register_buffer("cal", torch.tensor(calibration, dtype=torch.float32))  # (2,)
 
     def forward(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        out = self.model.serve(items, types, times, table=self.table)
+        out = self.model.serve(items, types, times, table=ItemTableT(self.table_t))
         scores = out["scores"]  # (B, N) migration-aware
         logp = torch.log_softmax(scores, dim=-1)  # (B, N)
         probs = torch.sigmoid(self.cal[0] * logp + self.cal[1])  # (B, N)

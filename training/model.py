@@ -266,13 +266,13 @@ class ShiftRec(nn.Module):
         return table
 
     def encode(
-        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor, table: torch.Tensor
+        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor, table: "torch.Tensor | ItemTableT"
     ) -> torch.Tensor:
         """Hidden states (B, L, D) for left-padded (B, L) inputs; position t sees events <= t."""
         L = items.shape[1]
         valid = items > 0  # (B, L)
         positions = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=items.device)
-        x = table[items] + self.pos_emb(positions)  # (B, L, D); positions count back from the end
+        x = _rows(table, items) + self.pos_emb(positions)  # (B, L, D); positions count back from the end
         if self.cfg.use_types:
             x = x + self.type_emb(types)
         idx = torch.arange(L, device=items.device)
@@ -378,7 +378,7 @@ class ShiftRec(nn.Module):
         items: torch.Tensor,
         types: torch.Tensor,
         times: torch.Tensor,
-        table: torch.Tensor | None = None,
+        table: "torch.Tensor | ItemTableT | None" = None,
     ) -> dict[str, torch.Tensor]:
         """The inference path, for the last position of each row:
         base (B, N) next-item logits; scores (B, N) the same re-weighted toward the predicted
@@ -389,9 +389,12 @@ class ShiftRec(nn.Module):
         and item_cat_logp (B, C+1) the category head's, the destination head's and the next-item
         distribution's log category probabilities, delta (B, C+1) the per-category score change
         before `beta`."""
-        table = self.item_table() if table is None else table  # (N+1, D)
+        table = self.item_table() if table is None else table  # (N+1, D), or an ItemTableT
         h = self.encode(items, types, times, table)[:, -1]  # (B, D)
-        base = h @ table[1:].T  # (B, N)
+        if isinstance(table, ItemTableT):
+            base = (h @ table.t)[:, 1:]  # (B, N); the export's one copy of the table, (D, N+1)
+        else:
+            base = h @ table[1:].T  # (B, N)
         inside = self.window_mask(items[:, -self.cfg.shift_window :])[:, -1]  # (B, C+1) last position only
         # per-category sums of the next-item distribution; a scatter-add, not a product with the
         # (N, C+1) one-hot table, which ONNX Runtime re-packs on every call (0.5 ms at batch 1)
@@ -425,6 +428,23 @@ class ShiftRec(nn.Module):
         user representation (B, D). `table` lets the export pass a precomputed constant item table."""
         out = self.serve(items, types, times, table)
         return out["scores"], out["user"]
+
+
+class ItemTableT:
+    """The item table held transposed, (D, N+1), for the export: the graph then carries one copy
+    of it. Read as `table[1:].T` it would be folded into a second constant beside the first (the
+    graph of a million-item catalogue doubled to 1 GB); rows are gathered from it by column
+    instead, and padding's score column is dropped from the product's output."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+
+def _rows(table: "torch.Tensor | ItemTableT", items: torch.Tensor) -> torch.Tensor:
+    """table[items] (B, L, D) from a table or its transpose."""
+    if isinstance(table, ItemTableT):
+        return table.t.index_select(1, items.reshape(-1)).T.reshape(*items.shape, table.t.shape[0])
+    return table[items]
 
 
 def _logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
