@@ -142,7 +142,7 @@ class Inference:
         feeds = runtime.encode([history])
         if not feeds["item_ids"].any():  # no usable history: nothing for the model to read
             return self.popular(k, category, exclude, [s.item_id for s in history])
-        scores, _, _ = runtime.run(feeds)
+        scores = runtime.run_scores(feeds)
         allowed = _allowed_mask(runtime, [s.item_id for s in history], exclude, category, include_seen)
         top = _top_k(scores[0], allowed, k)
         items = [(runtime.item_vocab[i], float(scores[0, i])) for i in top]

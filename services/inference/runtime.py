@@ -99,13 +99,16 @@ class ModelRuntime:
                 raise PackageError(f"{self.package_dir}: manifest categories do not match the model's outputs")
         self.shift_window = int((getattr(self.manifest, "shift", None) or {}).get("window", 0))
         self.batch_max = batch_max
-        self._batcher = (DynamicBatcher(self._run_scores, max_batch=batch_max, max_wait_s=batch_wait_s,
-                                        name=f"batcher-{self.version}") if batch_max > 1 else None)
+        # one batcher per output set: Recommend asks for the scores alone (ONNX Runtime then skips
+        # the probability nodes), ScoreItems for scores, probabilities and the user vector
+        self._batchers = {
+            name: DynamicBatcher(fn, max_batch=batch_max, max_wait_s=batch_wait_s, name=f"batcher-{name}-{self.version}")
+            for name, fn in (("scores", self._run_top), ("all", self._run_scores))} if batch_max > 1 else {}
 
     def close(self) -> None:
         """Stop gathering calls (what is queued is served; later calls run alone)."""
-        if self._batcher is not None:
-            self._batcher.close()
+        for batcher in self._batchers.values():
+            batcher.close()
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, histories: Sequence[Sequence[Step]]) -> dict[str, np.ndarray]:
@@ -120,14 +123,23 @@ class ModelRuntime:
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores (B, N), probabilities (B, N), user_repr (B, D)); shares a model call with
         concurrent callers when batching is on."""
-        if self._batcher is None:
+        if not self._batchers:
             return self._run_scores(feeds)
-        scores, probabilities, user = self._batcher.run(feeds)
+        scores, probabilities, user = self._batchers["all"].run(feeds)
         return scores, probabilities, user
+
+    def run_scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores (B, N) alone: what Recommend ranks by (the graph's probability part is skipped)."""
+        if not self._batchers:
+            return self._run_top(feeds)[0]
+        return self._batchers["scores"].run(feeds)[0]
 
     def _run_scores(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
         return scores, probabilities, user
+
+    def _run_top(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray]:
+        return (self.session.run([pkg.OUTPUT_SCORES], feeds)[0],)
 
     def run_shift(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """(shift_probability (B,), category_probabilities (B, C)), or None for a package

@@ -56,6 +56,10 @@ def test_concurrent_runs_equal_runs_alone(pipeline) -> None:
             np.testing.assert_allclose(a, b, atol=1e-5)
     assert batched_rows() - rows0 == 64
     assert batched_calls() - calls0 < 64  # some calls were shared
+    with ThreadPoolExecutor(16) as pool:
+        scores = list(pool.map(batched.run_scores, feeds))  # Recommend's output set
+    for want, have in zip(expected, scores, strict=True):
+        np.testing.assert_allclose(want[0], have, atol=1e-5)
     batched.close()
 
 
@@ -92,7 +96,7 @@ def test_a_swap_ends_the_old_models_batching(pipeline, tmp_path) -> None:
     train_package(pipeline.database_url, model_dir, epochs=1, version="v2")
     assert registry.refresh()
     assert registry.current() is not old
-    assert not old._batcher._thread.is_alive()
+    assert not any(b._thread.is_alive() for b in old._batchers.values())
     feeds = old.encode(histories(pipeline, 1))
     assert old.run(feeds)[0].shape == (1, len(old.item_vocab))  # a request still on it is answered
     registry.current().close()
