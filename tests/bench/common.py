@@ -3,7 +3,9 @@
 import json
 import os
 import platform
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -27,3 +29,15 @@ def write_json(path: str | Path, payload: dict[str, object]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     print(f"results written to {out}")
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of `fn()` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)

@@ -10,29 +10,16 @@ exits 0 (CI and GPU-less boxes). Bounded: a fixed number of calls per cell.
 """
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from shared import model_package as pkg
-from tests.bench.common import print_table, write_json
+from tests.bench.common import print_table, time_call, write_json
 
 K = 10
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def synthetic_model(n_items: int, n_categories: int, max_len: int, seed: int = 0):
@@ -107,9 +94,9 @@ def measure(name: str, eager, onnx_path: Path, n_items: int, max_len: int, batch
             return out
 
         row = {"model": name, "items": n_items, "batch": batch,
-               "ort_cuda_ms": median_ms(lambda: ort_call(sessions["cuda"]), repeats),
-               "ort_cpu_1thread_ms": median_ms(lambda: ort_call(sessions["cpu"]), max(3, repeats // 10)),
-               "torch_cuda_eager_ms": median_ms(eager_call, repeats)}
+               "ort_cuda_ms": time_call(lambda: ort_call(sessions["cuda"]), repeats),
+               "ort_cpu_1thread_ms": time_call(lambda: ort_call(sessions["cpu"]), max(3, repeats // 10)),
+               "torch_cuda_eager_ms": time_call(eager_call, repeats)}
         row["ort_cuda_per_user_ms"] = row["ort_cuda_ms"] / batch
         rows.append(row)
         print(f"  {name} batch {batch}: ORT CUDA {row['ort_cuda_ms']:.2f} ms, ORT CPU "

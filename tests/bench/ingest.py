@@ -88,8 +88,17 @@ def bulk_rate(url: str, events: list[EventRecord]) -> float:
     upgrade_schema(engine)
     rows = [(e.event_id, e.user_id, e.item_id, e.event_type, e.occurred_at_us, BASE_US, e.platform, e.value)
             for e in events]
-    columns = "event_id, user_id, item_id, event_type, occurred_at_us, received_at_us, platform, value"
     start = time.perf_counter()
+    bulk_insert(engine, url, rows)
+    elapsed = time.perf_counter() - start
+    engine.dispose()
+    return len(events) / elapsed
+
+
+def bulk_insert(engine, url: str, rows: list[tuple]) -> None:
+    """Event rows (event_id, user_id, item_id, event_type, occurred_at_us, received_at_us,
+    platform, value) by the database's bulk path: COPY, or one executemany in one transaction."""
+    columns = "event_id, user_id, item_id, event_type, occurred_at_us, received_at_us, platform, value"
     if engine.dialect.name == "postgresql":
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(dsn) as conn, conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
@@ -98,9 +107,6 @@ def bulk_rate(url: str, events: list[EventRecord]) -> float:
     else:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?,?,?)", rows)
-    elapsed = time.perf_counter() - start
-    engine.dispose()
-    return len(events) / elapsed
 
 
 def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> tuple[float, int]:

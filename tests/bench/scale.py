@@ -17,6 +17,7 @@ Bounded: fixed sizes and call counts; loopback only; prints tables, writes JSON 
 """
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,7 @@ from shared.settings import Settings
 from shared.store import EventRecord, create_store_engine, open_store
 from shiftrec.v1 import features_pb2, features_pb2_grpc
 from tests.bench.common import print_table, write_json
-from tests.bench.ingest import fresh_postgres
+from tests.bench.ingest import bulk_insert, fresh_postgres
 
 FULL_EVENTS = (1_000_000, 5_000_000, 10_000_000)
 FULL_ITEMS = (12_101, 100_000, 1_000_000)
@@ -60,27 +61,13 @@ def chunks(events: Iterator[EventRecord], size: int) -> Iterator[list[EventRecor
 def bulk_fill(url: str, events: Iterator[EventRecord], n: int) -> tuple[float, str]:
     """Write the next `n` events with the database's bulk path; returns (events/s, the user of
     the last event written)."""
-    import psycopg
-    from sqlalchemy import make_url
-
-    columns = "event_id, user_id, item_id, event_type, occurred_at_us, received_at_us, platform, value"
     engine = create_store_engine(url)
     start, written, last_user = time.perf_counter(), 0, ""
-    for batch in chunks(events, min(100_000, n)):
-        rows = [(e.event_id, e.user_id, e.item_id, e.event_type, e.occurred_at_us, e.occurred_at_us,
-                 e.platform, e.value) for e in batch]
-        if engine.dialect.name == "postgresql":
-            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-            with psycopg.connect(dsn) as conn, conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?,?,?)", rows)
+    while written < n and (batch := list(itertools.islice(events, min(100_000, n - written)))):
+        bulk_insert(engine, url, [(e.event_id, e.user_id, e.item_id, e.event_type, e.occurred_at_us,
+                                   e.occurred_at_us, e.platform, e.value) for e in batch])
         written += len(batch)
         last_user = batch[-1].user_id
-        if written >= n:
-            break
     engine.dispose()
     return written / (time.perf_counter() - start), last_user
 

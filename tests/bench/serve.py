@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
-from tests.bench.common import print_table, write_json
+from tests.bench.common import print_table, time_call, write_json
 
 DEFAULT_RATES = (50, 100, 200, 400)
 
@@ -101,18 +100,6 @@ async def closed_loop(target: str, users: list[str], clients: int, seconds: floa
     ms = np.array(latencies) * 1000
     return {"clients": clients, "achieved_rps": len(latencies) / elapsed, "errors": errors,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-
-
-def time_call(fn, repeats: int) -> float:
-    """Median milliseconds of `fn()` after two warm-up calls."""
-    fn()
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def eager_model(package_dir: Path, manifest: pkg.Manifest):
