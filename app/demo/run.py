@@ -157,9 +157,9 @@ def run_demo(data: str | None, out: Path, seed: int = 7) -> int:
                 say(f"  {f.user_id}" + (f"  (planted: now into {f.new_category})" if f.new_category else "  (control)"))
                 show(stubs, f.user_id, categories)
             timelines = [timeline(stubs[0], f) for f in featured]
-    package = pkg.resolve_package(models)
+    runtime = ModelRuntime(pkg.resolve_package(models), device="cpu")  # one session for every line
     for t, f in zip(timelines, featured, strict=True):
-        t.shift_probability, t.new_category_probability = model_lines(package, t, f.new_category)
+        t.shift_probability, t.new_category_probability = model_lines(runtime, t, f.new_category)
     chart = draw(timelines, RECENT_WINDOW, out / "interest_shift.png")
     say("\n8. When was each planted shift flagged? ShiftRec: the predicted next category is the new one "
         f"(next_categories); the drift score: drift ≥ {DETECT_DRIFT} with the new category rising first")
@@ -249,10 +249,9 @@ def _events(k: int | None) -> str:
     return "never" if k is None else f"{k} event{'s' if k > 1 else ''}"
 
 
-def model_lines(package: Path, t: ShopperTimeline, new_category: str | None) -> tuple[list[float], list[float]]:
+def model_lines(runtime: ModelRuntime, t: ShopperTimeline, new_category: str | None) -> tuple[list[float], list[float]]:
     """The served package's shift probability after each event of the shopper's history, and
     its probability that the next event is in the planted category (empty for the control)."""
-    runtime = ModelRuntime(package, device="cpu")
     steps = [Step(i, e, at) for i, e, at in zip(t.item_ids, t.event_types, t.times_us, strict=True)]
     feeds = runtime.encode([steps[: n + 1] for n in range(len(steps))])
     predicted = runtime.run_shift(feeds)

@@ -8,7 +8,6 @@ company: at low load every call runs alone as before, and under load the calls t
 while the model was busy share the next run. No gRPC here; numpy in and out.
 """
 
-import logging
 import queue
 import threading
 import time
@@ -19,8 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared import metrics
-
-log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 Outputs = tuple[np.ndarray, ...]

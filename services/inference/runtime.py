@@ -103,7 +103,7 @@ class ModelRuntime:
         # the probability nodes), ScoreItems for scores, probabilities and the user vector
         self._batchers = {
             name: DynamicBatcher(fn, max_batch=batch_max, max_wait_s=batch_wait_s, name=f"batcher-{name}-{self.version}")
-            for name, fn in (("scores", self._run_top), ("all", self._run_scores))} if batch_max > 1 else {}
+            for name, fn in (("scores", self._run_scores), ("all", self._run_all))} if batch_max > 1 else {}
 
     def close(self) -> None:
         """Stop gathering calls (what is queued is served; later calls run alone)."""
@@ -124,21 +124,21 @@ class ModelRuntime:
         """(scores (B, N), probabilities (B, N), user_repr (B, D)); shares a model call with
         concurrent callers when batching is on."""
         if not self._batchers:
-            return self._run_scores(feeds)
+            return self._run_all(feeds)
         scores, probabilities, user = self._batchers["all"].run(feeds)
         return scores, probabilities, user
 
     def run_scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Scores (B, N) alone: what Recommend ranks by (the graph's probability part is skipped)."""
         if not self._batchers:
-            return self._run_top(feeds)[0]
+            return self._run_scores(feeds)[0]
         return self._batchers["scores"].run(feeds)[0]
 
-    def _run_scores(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_all(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
         return scores, probabilities, user
 
-    def _run_top(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray]:
+    def _run_scores(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray]:
         return (self.session.run([pkg.OUTPUT_SCORES], feeds)[0],)
 
     def run_shift(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -161,7 +161,7 @@ class ModelRuntime:
         """First runs allocate and tune; do them before taking traffic."""
         for batch in sorted({1, 8, self.batch_max}):
             feeds = {name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES}
-            scores, _, _ = self._run_scores(feeds)
+            scores, _, _ = self._run_all(feeds)
             if scores.shape != (batch, len(self.item_vocab)):
                 raise PackageError(f"{self.package_dir}: model scores {scores.shape[1:]} items, "
                                    f"item_vocab has {len(self.item_vocab)}")

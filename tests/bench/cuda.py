@@ -136,9 +136,10 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     rows: list[dict] = []
     if args.package:
-        eager, path, max_len = package_model(pkg.resolve_package(args.package))
-        rows += measure(f"package {pkg.resolve_package(args.package).name}", eager, path,
-                        len(pkg.load_manifest(pkg.resolve_package(args.package)).item_vocab), max_len, batches)
+        package = pkg.resolve_package(args.package)
+        eager, path, max_len = package_model(package)
+        rows += measure(f"package {package.name}", eager, path, len(pkg.load_manifest(package).item_vocab),
+                        max_len, batches)
     export_seconds = {}
     for n_items in (int(n) for n in args.items.split(",") if n):
         with tempfile.TemporaryDirectory(prefix="shiftrec-bench-cuda-") as tmp:

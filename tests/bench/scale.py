@@ -130,11 +130,10 @@ def store_growth(backend: str, sizes: tuple[int, ...], args: argparse.Namespace)
             with ServiceProcess("ingestion", env) as ingestion, ServiceProcess("features", env) as features:
                 ingest_probe(ingestion.target, probes[-1][:1_000])  # warm the service and its connections
                 empty_rate = ingest_probe(ingestion.target, probes[0])
-                have, filled, last_user = args.probe_events + 1_000, 0, "u0"
+                have, last_user = args.probe_events + 1_000, "u0"
                 rows.append({"database": backend, "events": have, "ingest_events_per_s": empty_rate})
                 for i, size in enumerate(sizes, start=1):
                     fill_rate, last_user = bulk_fill(url, stream, size - have) if size > have else (0.0, last_user)
-                    filled += max(size - have, 0)
                     have = max(size, have)
                     row = {"database": backend, "bulk_fill_events_per_s": fill_rate,
                            "ingest_events_per_s": ingest_probe(ingestion.target, probes[i])}
