@@ -252,21 +252,24 @@ class ShiftRec(nn.Module):
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
 
-    def item_table(self) -> torch.Tensor:
+    def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Every item's representation (N+1, D): id embedding (zero for items unseen in training)
-        + mean tag embedding + projected text vector. Row 0 = 0."""
-        mask = self.id_mask  # (N+1, 1)
+        + mean tag embedding + projected text vector. Row 0 = 0. With `rows` (K,) only those
+        items' representations (K, D) (what sampled softmax needs of a large catalogue)."""
+        mask = self.id_mask if rows is None else self.id_mask[rows]  # (N+1, 1) or (K, 1)
         if self.training and self.cfg.id_dropout > 0:  # the same items on the input and output side
             mask = mask * (torch.rand_like(mask) >= self.cfg.id_dropout)
-        table = self.item_emb.weight * mask  # (N+1, D)
+        ids = self.item_emb.weight if rows is None else self.item_emb(rows)
+        table = ids * mask  # (N+1, D)
         if self.cfg.use_tags:
-            table = table + self.tag_emb(self.item_tags)  # (N+1, D)
-        if self.cfg.use_text:
-            table = table + self.text_proj(self.item_text)  # (N+1, D); row 0 stays 0 (no bias)
+            table = table + self.tag_emb(self.item_tags if rows is None else self.item_tags[rows])
+        if self.cfg.use_text:  # row 0 stays 0 (no bias)
+            table = table + self.text_proj(self.item_text if rows is None else self.item_text[rows])
         return table
 
     def encode(
-        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor, table: "torch.Tensor | ItemTableT"
+        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
+        table: "torch.Tensor | ItemTableT | GatheredRows",
     ) -> torch.Tensor:
         """Hidden states (B, L, D) for left-padded (B, L) inputs; position t sees events <= t."""
         L = items.shape[1]
@@ -331,23 +334,33 @@ class ShiftRec(nn.Module):
     ) -> torch.Tensor:
         """Mean next-item cross-entropy over every real position; targets (B, L), 0 = none. With
         the shift head: + shift_weight * (next-category cross-entropy + move cross-entropy)."""
-        table = self.item_table()  # (N+1, D)
-        h = self.encode(items, types, times, table)  # (B, L, D)
         mask = targets > 0
-        hs, y = h[mask], targets[mask]  # (P, D), (P,)
+        y = targets[mask]  # (P,)
         if self.cfg.loss == "ce":
+            table = self.item_table()  # (N+1, D)
+            source: torch.Tensor | GatheredRows = table
+            h = self.encode(items, types, times, source)  # (B, L, D)
+            hs = h[mask]  # (P, D)
             logits = hs @ table.T  # (P, N+1)
             logits[:, 0] = NEG_INF  # never predict padding
             loss = F.cross_entropy(logits, y)
         else:
             # sampled softmax: the positive against negatives shared by the batch (uniform, so the
-            # logQ correction is a constant); a negative that happens to be the positive is masked
-            neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=h.device)  # (K,)
-            pos_logit = (hs * table[y]).sum(-1, keepdim=True)  # (P, 1)
-            neg_logit = (hs @ table[neg].T).masked_fill(neg[None, :] == y[:, None], NEG_INF)  # (P, K)
-            loss = F.cross_entropy(torch.cat([pos_logit, neg_logit], dim=1), torch.zeros_like(y))
+            # logQ correction is a constant); a negative that happens to be the positive is masked.
+            # Only the rows the batch touches are built: the whole table of a million-item
+            # catalogue per step would cost more than the rest of the step.
+            neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=items.device)  # (K,)
+            used, local = torch.unique(torch.cat([items.reshape(-1), y, neg]), return_inverse=True)
+            table = self.item_table(used)  # (U, D), row r = item used[r]
+            n_in = items.numel()
+            source = GatheredRows(table[local[:n_in]].reshape(*items.shape, -1))
+            h = self.encode(items, types, times, source)
+            hs = h[mask]  # (P, D)
+            pos_logit = (hs * table[local[n_in : n_in + len(y)]]).sum(-1, keepdim=True)  # (P, 1)
+            neg_logit = (hs @ table[local[n_in + len(y) :]].T).masked_fill(neg[None, :] == y[:, None], NEG_INF)
+            loss = F.cross_entropy(torch.cat([pos_logit, neg_logit], dim=1), torch.zeros_like(y))  # (P, 1+K)
         if self.training and self.cfg.cl_weight > 0:
-            loss = loss + self.cfg.cl_weight * self.contrastive(h[:, -1], self.encode(items, types, times, table)[:, -1])
+            loss = loss + self.cfg.cl_weight * self.contrastive(h[:, -1], self.encode(items, types, times, source)[:, -1])
         if self.cfg.shift_weight <= 0:
             return loss
         inside = self.window_mask(items)[mask]  # (P, C+1)
@@ -395,12 +408,20 @@ class ShiftRec(nn.Module):
             base = (h @ table.t)[:, 1:]  # (B, N); the export's one copy of the table, (D, N+1)
         else:
             base = h @ table[1:].T  # (B, N)
-        inside = self.window_mask(items[:, -self.cfg.shift_window :])[:, -1]  # (B, C+1) last position only
         # per-category sums of the next-item distribution; a scatter-add, not a product with the
         # (N, C+1) one-hot table, which ONNX Runtime re-packs on every call (0.5 ms at batch 1)
         probs = F.softmax(base, dim=-1)  # (B, N)
         item_cat_p = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device).scatter_add(
             1, self.item_cat[1:].expand_as(probs), probs)  # (B, C+1)
+        out = self.migrate(h, items, item_cat_p)
+        scores = base + self.beta * out["delta"][:, self.item_cat[1:]]  # (B, N)
+        return {"base": base, "scores": scores, "user": h, **out}
+
+    def migrate(self, h: torch.Tensor, items: torch.Tensor, item_cat_p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The interest-migration part of `serve` from the user states h (B, D), the inputs' items
+        (for the window's categories) and the next-item distribution summed per category (B, C+1):
+        P(move), the next-category distribution and the per-category score change `delta`."""
+        inside = self.window_mask(items[:, -self.cfg.shift_window :])[:, -1]  # (B, C+1) last position only
         move, cat_logp, dest_logp, item_cat_logp = self.shift_parts(h, inside, item_cat_p)
         outside = (1.0 - inside) * (1.0 - self.cat_onehot[0])  # (B, C+1)
         p_move = torch.sigmoid(self.shift_cal[0] * move + self.shift_cal[1])  # (B,)
@@ -412,10 +433,29 @@ class ShiftRec(nn.Module):
         p_cat = (p_move[:, None] * q_out / q_out.sum(-1, keepdim=True).clamp_min(1e-12)
                  + (1.0 - p_move)[:, None] * q_in / q_in.sum(-1, keepdim=True).clamp_min(1e-12))  # (B, C+1)
         delta = torch.log(p_cat.clamp_min(1e-12)) - item_cat_logp  # (B, C+1)
-        scores = base + self.beta * delta[:, self.item_cat[1:]]  # (B, N)
-        return {"base": base, "scores": scores, "user": h, "move_logit": move, "shift_probability": p_move,
-                "category_probabilities": p_cat[:, 1:], "inside": inside, "cat_logp": cat_logp,
-                "dest_logp": dest_logp, "item_cat_logp": item_cat_logp, "delta": delta}
+        return {"move_logit": move, "shift_probability": p_move, "category_probabilities": p_cat[:, 1:],
+                "inside": inside, "cat_logp": cat_logp, "dest_logp": dest_logp, "item_cat_logp": item_cat_logp,
+                "delta": delta}
+
+    def encode_user(self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
+                    history_vectors: torch.Tensor) -> torch.Tensor:
+        """The user states h (B, D) of `serve`, with the history's item-table rows (B, L, D) given
+        instead of read from the table (a retrieval package's encoder carries no item table)."""
+        return self.encode(items, types, times, GatheredRows(history_vectors))[:, -1]
+
+    def rank_candidates(self, h: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
+                        candidate_vectors: torch.Tensor) -> torch.Tensor:
+        """`serve`'s migration-aware scores (B, M) of M candidate items per row (0-based columns,
+        their item-table rows (B, M, D) given), with the next-item distribution taken over the
+        candidates alone. With every item as a candidate this is `serve`'s scores exactly; over
+        an approximate top-M it is the retrieval package's ranking."""
+        base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
+        cats = self.item_cat[candidates + 1]  # (B, M)
+        probs = F.softmax(base, dim=-1)
+        item_cat_p = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device).scatter_add(
+            1, cats, probs)  # (B, C+1)
+        delta = self.migrate(h, items, item_cat_p)["delta"]
+        return base + self.beta * delta.gather(1, cats)
 
     def score(
         self,
@@ -440,8 +480,17 @@ class ItemTableT:
         self.t = t
 
 
-def _rows(table: "torch.Tensor | ItemTableT", items: torch.Tensor) -> torch.Tensor:
-    """table[items] (B, L, D) from a table or its transpose."""
+class GatheredRows:
+    """The item-table rows of a batch's items (B, L, D), gathered by the caller."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+
+def _rows(table: "torch.Tensor | ItemTableT | GatheredRows", items: torch.Tensor) -> torch.Tensor:
+    """table[items] (B, L, D) from a table, its transpose or the rows themselves."""
+    if isinstance(table, GatheredRows):
+        return table.rows
     if isinstance(table, ItemTableT):
         return table.t.index_select(1, items.reshape(-1)).T.reshape(*items.shape, table.t.shape[0])
     return table[items]
