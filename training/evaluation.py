@@ -78,9 +78,14 @@ def ranks(es: EvalSet, scorer: Scorer, batch_size: int = 1024) -> tuple[np.ndarr
     return greater, ties
 
 
+SCORE_BATCH_BUDGET = 1 << 24  # user x item scores per batch (64 MiB of float32): 16 rows at 1M items
+
+
 def length_batches(es: EvalSet, batch_size: int) -> list[np.ndarray]:
     """Row batches of users with similar history lengths (shortest first), so that a scorer
-    can drop the columns that are padding in the whole batch."""
+    can drop the columns that are padding in the whole batch. Large catalogues get fewer rows
+    per batch, so that a batch's (rows, items) score matrices stay within SCORE_BATCH_BUDGET."""
+    batch_size = max(1, min(batch_size, SCORE_BATCH_BUDGET // max(es.n_items, 1)))
     order = np.argsort((es.inputs.items > 0).sum(axis=1), kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
