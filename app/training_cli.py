@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--new-events-only", action="store_true",
                        help="with --init-from a same-domain model: learn only from targets newer than the "
                             "parent's data (older events stay as context); default: all training events")
+    train.add_argument("--retrieval", choices=("auto", "on", "off"), default="auto",
+                       help="give the package the approximate top-k path (faiss index + small graphs): "
+                            "auto = for catalogues of 100,000 items or more")
     train.add_argument("--report-json", metavar="PATH", help="also write the run's report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -97,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = main(data=data, out=args.out,
         run=RunOptions(overrides=load_overrides(args.config), epochs=args.epochs, device=args.device,
             seed=args.seed, version=args.version, finetune_from=init_from, pretrain=args.pretrain,
-            new_events_only=args.new_events_only))
+            new_events_only=args.new_events_only,
+            retrieval={"auto": None, "on": True, "off": False}[args.retrieval]))
     print(f"{report['split']} metrics (best epoch {report['best_epoch']} of {report['epochs_run']}, "
           f"{report['train_seconds']:.0f} s, {report['seconds_per_epoch']:.1f} s/epoch):")
     print(format_metrics(report["metrics"]))

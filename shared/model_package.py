@@ -25,6 +25,19 @@ Outputs (float32):
     category_probabilities  (B, N_CATEGORIES) predicted category of the next event; column c is
                             `manifest.categories[c]`; sums to 1 per row
 
+Retrieval packages (large catalogues; `manifest.retrieval` non-empty) carry beside model.onnx an
+approximate top-M path that never multiplies by the whole item table:
+    items.faiss    the item table's rows 1..N (item_vocab order, id = column) in a faiss
+                   inner-product IVF index with a direct map (rows are read back from it)
+    encoder.onnx   item_ids, event_types, timestamps (as above) + history_vectors (B, L, D) float32,
+                   the item-table rows of item_ids (any values at padding) -> user_repr (B, D)
+    rank.onnx      user_repr (B, D), item_ids (B, L), candidates (B, M) int64 columns,
+                   candidate_vectors (B, M, D) -> candidate_scores (B, M): the migration-aware
+                   scores with the next-item distribution taken over the M candidates
+Recommend searches the index with user_repr for `retrieval["candidates"]` columns at
+`retrieval["nprobe"]` and ranks them with rank.onnx; the manifest records the recall@10 of that
+path against model.onnx's exact top 10, measured at export on real histories.
+
 `scores` are already migration-aware: the next-item logits re-weighted toward the predicted
 next categories (`manifest.shift["beta"]`; 0 leaves them as the plain next-item logits).
 Packages from before the shift outputs carry only the first three outputs; readers accept both.
@@ -54,6 +67,16 @@ OUTPUT_SHIFT_PROBABILITY = "shift_probability"
 OUTPUT_CATEGORY_PROBABILITIES = "category_probabilities"
 SHIFT_OUTPUT_NAMES = (OUTPUT_SHIFT_PROBABILITY, OUTPUT_CATEGORY_PROBABILITIES)
 ALL_OUTPUT_NAMES = OUTPUT_NAMES + SHIFT_OUTPUT_NAMES
+# retrieval packages
+INPUT_HISTORY_VECTORS = "history_vectors"
+ENCODER_INPUT_NAMES = (*INPUT_NAMES, INPUT_HISTORY_VECTORS)
+INPUT_CANDIDATES = "candidates"
+INPUT_CANDIDATE_VECTORS = "candidate_vectors"
+RANK_INPUT_NAMES = (OUTPUT_USER_REPR, INPUT_ITEM_IDS, INPUT_CANDIDATES, INPUT_CANDIDATE_VECTORS)
+OUTPUT_CANDIDATE_SCORES = "candidate_scores"
+ENCODER_FILE = "encoder.onnx"
+RANK_FILE = "rank.onnx"
+INDEX_FILE = "items.faiss"
 
 PADDING_INDEX = 0  # in item_ids and event_types (EVENT_TYPE_UNSPECIFIED is never stored)
 # The event-type numbering is the proto enum's: name -> value, the unspecified 0 as padding.
@@ -101,6 +124,9 @@ class Manifest:
     padding_index: int = PADDING_INDEX
     event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPES))
     data_source: str = ""
+    # retrieval packages only: nlist, nprobe, candidates, recall_at_10 (+ users measured), and
+    # `sample`, the top 10 the retrieval path gave for parity_sample's inputs; {} = exact only
+    retrieval: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -134,6 +160,10 @@ class Manifest:
                 isinstance(self.calibration.get(k), int | float) for k in ("a", "b")),
              "calibration must hold numbers a and b"),
             (isinstance(self.parity_sample, dict), "parity_sample must be an object"),
+            (isinstance(self.retrieval, dict) and (not self.retrieval or (
+                all(_positive_int(self.retrieval.get(k)) for k in ("nprobe", "candidates"))
+                and isinstance(self.retrieval.get("sample"), dict))),
+             "retrieval must be {} or hold positive integers nprobe and candidates and a sample"),
         ]
         return next((message for ok, message in checks if not ok), None)
 

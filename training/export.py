@@ -14,7 +14,9 @@ from torch import nn
 
 from shared import model_package as pkg
 from shared.encoding import model_inputs
+from training import retrieval
 from training.data import SequenceData, eval_set
+from training.evaluation import SCORE_BATCH_BUDGET
 from training.model import ItemTableT, ShiftRec
 from training.parity_sample import synthetic_parity_inputs
 from training.text import ENCODER_NAME
@@ -23,6 +25,7 @@ OPSET = 17
 SCORE_TOLERANCE = 1e-4
 TOP_K = 10
 PARITY_USERS = 256  # real sequences compared between ONNX Runtime and PyTorch
+RETRIEVAL_USERS = 1024  # as many for a retrieval package: half choose nprobe, half measure recall
 SAMPLE_USERS = 4  # of which a few go into the manifest for the serving side to re-check
 POPULAR_ITEMS = 100  # the manifest's cold-start list
 WEIGHTS_FILE = "weights.pt"  # PyTorch state for fine-tuning; the serving side ignores it
@@ -104,19 +107,30 @@ def top_k_agree(reference: np.ndarray, other: np.ndarray, k: int = TOP_K, tie: f
     return True
 
 
-def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, float], np.ndarray]:
+    """ONNX Runtime vs PyTorch on `feeds`: the largest differences per output (ParityError past
+    the tolerance or when a top 10 differs), and ONNX Runtime's exact top-10 columns (U, 10)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(list(pkg.ALL_OUTPUT_NAMES), feeds)
-    with torch.no_grad():
-        want = [t.cpu().numpy() for t in serving(*(torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES))]
-    diffs = {name: float(np.abs(g - w).max()) for name, g, w in zip(pkg.ALL_OUTPUT_NAMES, got, want)}
-    if max(diffs.values()) > SCORE_TOLERANCE:
-        raise ParityError(f"ONNX Runtime vs PyTorch max abs difference {diffs} > {SCORE_TOLERANCE}")
-    if not top_k_agree(want[0], got[0]):
-        raise ParityError("ONNX Runtime and PyTorch top-10 differ")
-    return {f"max_abs_diff_{k}": v for k, v in diffs.items()} | {"users": float(len(want[0]))}
+    n_users, n_items = len(feeds[pkg.INPUT_ITEM_IDS]), serving.table_t.shape[1] - 1
+    step = max(1, min(n_users, SCORE_BATCH_BUDGET // n_items))  # bounded (rows, items) matrices
+    diffs: dict[str, float] = {}
+    tops = []
+    for start in range(0, n_users, step):
+        part = {n: feeds[n][start : start + step] for n in pkg.INPUT_NAMES}
+        got = session.run(list(pkg.ALL_OUTPUT_NAMES), part)
+        with torch.no_grad():
+            want = [t.cpu().numpy() for t in serving(*(torch.from_numpy(part[n]) for n in pkg.INPUT_NAMES))]
+        diffs = {name: max(float(np.abs(g - w).max()), diffs.get(name, 0.0))
+                 for name, g, w in zip(pkg.ALL_OUTPUT_NAMES, got, want)}
+        if max(diffs.values()) > SCORE_TOLERANCE:
+            raise ParityError(f"ONNX Runtime vs PyTorch max abs difference {diffs} > {SCORE_TOLERANCE}")
+        if not top_k_agree(want[0], got[0]):
+            raise ParityError("ONNX Runtime and PyTorch top-10 differ")
+        tops.append(np.argsort(-got[0], axis=1, kind="stable")[:, :TOP_K])
+    return {f"max_abs_diff_{k}": v for k, v in diffs.items()} | {"users": float(n_users)}, np.concatenate(tops)
 
 
 def export_onnx(serving: ServingModel, path: Path, max_len: int) -> None:
@@ -159,8 +173,11 @@ def export_package(
     *,
     version: str | None = None,
     parent_version: str | None = None,
+    retrieval_path: bool | None = None,
 ) -> Path:
-    """Export, check parity, write the manifest and curve, publish atomically; return the path."""
+    """Export, check parity, write the manifest and curve, publish atomically; return the path.
+    Catalogues of `training.retrieval.MIN_ITEMS` items or more also get the retrieval path
+    (`retrieval_path` True/False forces it either way)."""
     cfg = trained.model_cfg
     model = trained.model.to("cpu").eval()
     serving = ServingModel(model, calibration).eval()
@@ -170,9 +187,15 @@ def export_package(
     try:
         onnx_path = staged / pkg.MODEL_FILE
         export_onnx(serving, onnx_path, cfg.max_len)
-        feeds = parity_inputs(data, cfg.max_len)
-        parity = check_parity(onnx_path, serving, feeds)
+        with_retrieval = data.n_items >= retrieval.MIN_ITEMS if retrieval_path is None else retrieval_path
+        feeds = parity_inputs(data, cfg.max_len, RETRIEVAL_USERS if with_retrieval else PARITY_USERS)
+        parity, exact_top = check_parity(onnx_path, serving, feeds)
         sample = synthetic_parity_inputs(data.n_items, cfg.max_len, SAMPLE_USERS)  # no shopper's data
+        retrieval_entry = retrieval.add_retrieval(
+            model, serving.table_t[:, 1:].T.numpy(), staged, cfg.max_len, feeds, exact_top, sample,
+            list(data.item_vocab)) if with_retrieval else {}
+        if retrieval_entry and max(retrieval_entry["parity"].values()) > SCORE_TOLERANCE:
+            raise ParityError(f"retrieval graphs: ONNX Runtime vs PyTorch {retrieval_entry['parity']} > {SCORE_TOLERANCE}")
         with torch.no_grad():
             scores, probs, _, shift, categories = serving(*(torch.from_numpy(sample[n]) for n in pkg.INPUT_NAMES))
         top_scores, top_idx = scores.topk(TOP_K, dim=1)
@@ -206,6 +229,7 @@ def export_package(
             shift={"window": cfg.shift_window, "calibration": model.shift_cal.tolist(),
                    "dest_mix": float(model.dest_mix), "beta": float(model.beta), "head": cfg.shift_weight > 0},
             data_source=data.source,
+            retrieval=retrieval_entry,
         )
         (staged / pkg.MANIFEST_FILE).write_text(manifest.to_json())
         torch.save(weights_state(model, data, version, pretrain=bool(report.get("pretrain"))),

@@ -235,6 +235,7 @@ class RunOptions:
     finetune_from: str | None = None
     pretrain: bool = False
     new_events_only: bool = False
+    retrieval: bool | None = None  # the package's approximate top-k path: None = by catalogue size
 
 
 def resolve_configs(
@@ -310,7 +311,8 @@ def main(*, data: SequenceData, out: str | None, run: RunOptions | None = None) 
         from training.export import export_package
 
         package = export_package(trained, data, calibration, report, out, version=version,
-                                 parent_version=parent["version"] if parent else None)
+                                 parent_version=parent["version"] if parent else None,
+                                 retrieval_path=run.retrieval)
         report["package"] = str(package)
     return report
 

@@ -11,6 +11,7 @@ from services.inference.profile import InterestProfile, cosine_distance, interes
 from services.inference.registry import ModelRegistry
 from services.inference.runtime import ModelRuntime, Step
 from shared.errors import InvalidArgument
+from shared.retrieval import top_columns
 from shared.validation import id_problem
 
 MAX_K = 1000
@@ -113,6 +114,37 @@ def _top_k(scores: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
     return candidates[np.lexsort((candidates, -scores[candidates]))]  # best first, ties by index
 
 
+CATEGORY_RANK_MAX = 65_536  # a category filter this small is ranked in full by the small graph
+
+
+def _retrieved(runtime: ModelRuntime, feeds: dict[str, np.ndarray], seen: Sequence[str], exclude: Sequence[str],
+               category: str | None, include_seen: bool, k: int) -> list[tuple[str, float]] | None:
+    """A retrieval package's answer, or None where it cannot give k items the exact path would
+    allow (the caller then scores the whole catalogue). Without a category: the index's
+    candidates, ranked, filtered. With one: every item of the category ranked by the small graph,
+    which orders them exactly as the whole-catalogue scores do (the migration term is one
+    constant within a category)."""
+    banned = set(runtime.known_indices(exclude).tolist())
+    if not include_seen:
+        banned |= set(runtime.known_indices(seen).tolist())
+    if category is None:
+        columns, scores = runtime.retrieve(feeds)
+    else:
+        columns = runtime.category_columns.get(category, np.zeros(0, dtype=np.int64))
+        if not 0 < len(columns) <= CATEGORY_RANK_MAX:
+            return [] if not len(columns) else None
+        columns = columns[None]
+        scores = runtime.rank_columns(feeds, columns)
+    picked = []
+    for column, score in zip(*(a[0].tolist() for a in top_columns(columns, scores, k + len(banned)))):
+        if column >= 0 and column not in banned:
+            picked.append((runtime.item_vocab[column], float(score)))
+            if len(picked) == k:
+                return picked
+    # fewer than k allowed among the candidates: exact unless the category has no more to give
+    return picked if category is not None else None
+
+
 class Inference:
     """Answers the three questions for a user's history with the model the registry holds."""
 
@@ -142,8 +174,13 @@ class Inference:
         feeds = runtime.encode([history])
         if not feeds["item_ids"].any():  # no usable history: nothing for the model to read
             return self.popular(k, category, exclude, [s.item_id for s in history])
+        seen = [s.item_id for s in history]
+        if runtime.retrieval is not None:
+            items = _retrieved(runtime, feeds, seen, exclude, category, include_seen, k)
+            if items is not None:
+                return Recommendations(items, Strategy.MODEL, runtime.version)
         scores = runtime.run_scores(feeds)
-        allowed = _allowed_mask(runtime, [s.item_id for s in history], exclude, category, include_seen)
+        allowed = _allowed_mask(runtime, seen, exclude, category, include_seen)
         top = _top_k(scores[0], allowed, k)
         items = [(runtime.item_vocab[i], float(scores[0, i])) for i in top]
         return Recommendations(items, Strategy.MODEL, runtime.version)

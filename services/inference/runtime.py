@@ -13,9 +13,11 @@ import onnxruntime as ort
 from services.inference.batching import DynamicBatcher
 from shared import model_package as pkg
 from shared.encoding import encode_histories, item_index
+from shared.retrieval import Retrieval, RetrievalError, top_columns
 
 log = logging.getLogger(__name__)
 
+EXACT_BATCH_BUDGET = 1 << 22  # item scores per whole-catalogue call (32 rows at 131k items, 4 at 1M)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -98,12 +100,28 @@ class ModelRuntime:
             if not self.categories or (isinstance(n_cat, int) and n_cat != len(self.categories)):
                 raise PackageError(f"{self.package_dir}: manifest categories do not match the model's outputs")
         self.shift_window = int((getattr(self.manifest, "shift", None) or {}).get("window", 0))
+        self.retrieval: Retrieval | None = None
+        if self.manifest.retrieval:  # a large catalogue: Recommend's approximate top-k path
+            try:
+                self.retrieval = Retrieval(
+                    self.package_dir, n_items=len(self.item_vocab), dim=self.manifest.dim,
+                    nprobe=self.manifest.retrieval["nprobe"], candidates=self.manifest.retrieval["candidates"],
+                    providers=self.session.get_providers(), options=options)
+            except RetrievalError as exc:
+                raise PackageError(str(exc)) from exc
         self.batch_max = batch_max
+        # a call over the whole catalogue holds several (rows, items) matrices: at a million items
+        # 32 rows would take gigabytes, so such calls gather fewer rows
+        self.exact_batch_max = max(1, min(batch_max, EXACT_BATCH_BUDGET // len(self.item_vocab)))
         # one batcher per output set: Recommend asks for the scores alone (ONNX Runtime then skips
-        # the probability nodes), ScoreItems for scores, probabilities and the user vector
+        # the probability nodes), ScoreItems for scores, probabilities and the user vector; a
+        # retrieval package's Recommend for the candidates
+        calls = [("scores", self._run_scores, self.exact_batch_max), ("all", self._run_all, self.exact_batch_max)]
+        if self.retrieval is not None:
+            calls.append(("retrieve", self._retrieve, batch_max))
         self._batchers = {
-            name: DynamicBatcher(fn, max_batch=batch_max, max_wait_s=batch_wait_s, name=f"batcher-{name}-{self.version}")
-            for name, fn in (("scores", self._run_scores), ("all", self._run_all))} if batch_max > 1 else {}
+            name: DynamicBatcher(fn, max_batch=rows, max_wait_s=batch_wait_s, name=f"batcher-{name}-{self.version}")
+            for name, fn, rows in calls if rows > 1}
 
     def close(self) -> None:
         """Stop gathering calls (what is queued is served; later calls run alone)."""
@@ -123,16 +141,36 @@ class ModelRuntime:
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores (B, N), probabilities (B, N), user_repr (B, D)); shares a model call with
         concurrent callers when batching is on."""
-        if not self._batchers:
+        if "all" not in self._batchers:
             return self._run_all(feeds)
         scores, probabilities, user = self._batchers["all"].run(feeds)
         return scores, probabilities, user
 
     def run_scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Scores (B, N) alone: what Recommend ranks by (the graph's probability part is skipped)."""
-        if not self._batchers:
+        if "scores" not in self._batchers:
             return self._run_scores(feeds)[0]
         return self._batchers["scores"].run(feeds)[0]
+
+    def retrieve(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """A retrieval package's candidates: (columns (B, M), scores (B, M)), columns -1 (score
+        -inf) where the index found fewer; shares a call with concurrent callers when batching."""
+        if "retrieve" not in self._batchers:
+            return self._retrieve(feeds)
+        columns, scores = self._batchers["retrieve"].run(feeds)
+        return columns, scores
+
+    def _retrieve(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.retrieval is None:
+            raise PackageError(f"{self.package_dir}: not a retrieval package")
+        return self.retrieval.retrieve(feeds)
+
+    def rank_columns(self, feeds: dict[str, np.ndarray], columns: np.ndarray) -> np.ndarray:
+        """A retrieval package's scores (B, M) of chosen columns (B, M)."""
+        if self.retrieval is None:
+            raise PackageError(f"{self.package_dir}: not a retrieval package")
+        user = self.retrieval.user(feeds)
+        return self.retrieval.rank(user, feeds[pkg.INPUT_ITEM_IDS], columns)
 
     def _run_all(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
@@ -159,12 +197,15 @@ class ModelRuntime:
 
     def warm_up(self) -> None:
         """First runs allocate and tune; do them before taking traffic."""
-        for batch in sorted({1, 8, self.batch_max}):
+        for batch in sorted({1, min(8, self.exact_batch_max), self.exact_batch_max}):
             feeds = {name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES}
             scores, _, _ = self._run_all(feeds)
             if scores.shape != (batch, len(self.item_vocab)):
                 raise PackageError(f"{self.package_dir}: model scores {scores.shape[1:]} items, "
                                    f"item_vocab has {len(self.item_vocab)}")
+        if self.retrieval is not None:
+            for batch in sorted({1, 8, self.batch_max}):
+                self._retrieve({name: np.ones((batch, self.max_len), dtype=np.int64) for name in pkg.INPUT_NAMES})
 
     def check_parity(self) -> float:
         """Re-run the manifest's sample: identical top-10 and scores within tolerance, else
@@ -195,4 +236,22 @@ class ModelRuntime:
                 if diff > tolerance:
                     raise PackageError(f"{self.package_dir}: parity: {name} differs by {diff:.2e}")
                 worst = max(worst, diff)
+        if self.retrieval is not None:
+            worst = max(worst, self._check_retrieval(feeds, tolerance))
+        return worst
+
+    def _check_retrieval(self, feeds: dict[str, np.ndarray], tolerance: float) -> float:
+        """The retrieval path on the parity sample gives the manifest's top 10 (a swap only
+        between scores that tie) with scores within tolerance."""
+        expected = self.manifest.retrieval["sample"]
+        columns, scores = top_columns(*self._retrieve(feeds), 10)
+        worst = 0.0
+        for row, (want_ids, want_scores) in enumerate(zip(expected["top10_item_ids"], expected["top10_scores"])):
+            got = scores[row, : len(want_ids)]
+            diff = float(np.abs(got - np.asarray(want_scores[: len(want_ids)], dtype=np.float32)).max())
+            worst = max(worst, diff)
+            same = {self.item_vocab[c] for c in columns[row, : len(want_ids)]} == set(want_ids)
+            if diff > tolerance or not same:
+                raise PackageError(f"{self.package_dir}: parity: the retrieval path's top-10 differs from "
+                                   f"the manifest (largest score difference {diff:.2e})")
         return worst

@@ -1,0 +1,125 @@
+"""The retrieval path of a large-catalogue package (the contract is in `shared.model_package`):
+the user vector from encoder.onnx, an approximate top-M of the item table from the faiss index,
+ranked by rank.onnx. The inference service serves with it; the export measures its recall with
+it, so what is measured is what is served. No torch here."""
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+
+from shared import model_package as pkg
+
+
+class RetrievalError(RuntimeError):
+    """A retrieval package part that cannot be used (unreadable, or inconsistent with the rest)."""
+
+
+def top_columns(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (column, score) pairs, best first, ties by column; columns -1 (no
+    candidate) never come first. (B, k) arrays, -1 / -inf where a row has fewer."""
+    scores = np.where(columns < 0, -np.inf, scores)
+    order = np.lexsort((columns, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(columns, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def search_parameters(nprobe: int) -> faiss.SearchParametersIVF:
+    params = faiss.SearchParametersIVF()
+    params.nprobe = nprobe  # inverted lists probed per search
+    return params
+
+
+class Retrieval:
+    """One package's index and its two small graphs. Thread-safe for concurrent `retrieve`:
+    faiss searches and ONNX Runtime runs only read."""
+
+    def __init__(self, package_dir: str | Path, *, n_items: int, dim: int, nprobe: int, candidates: int,
+                 providers: list[str], options: ort.SessionOptions | None = None) -> None:
+        package_dir = Path(package_dir)
+        try:
+            self.index = faiss.read_index(str(package_dir / pkg.INDEX_FILE))
+        except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
+            raise RetrievalError(f"{package_dir / pkg.INDEX_FILE}: unreadable index: {exc}") from exc
+        if self.index.ntotal != n_items or self.index.d != dim:
+            raise RetrievalError(f"{package_dir / pkg.INDEX_FILE}: index holds {self.index.ntotal} vectors of "
+                                 f"{self.index.d} dims; the package has {n_items} items of {dim}")
+        try:
+            self.encoder = ort.InferenceSession(str(package_dir / pkg.ENCODER_FILE), options, providers=providers)
+            self.ranker = ort.InferenceSession(str(package_dir / pkg.RANK_FILE), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise RetrievalError(f"{package_dir}: cannot load the retrieval graphs: {exc}") from exc
+        for session, inputs, output in ((self.encoder, pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR),
+                                        (self.ranker, pkg.RANK_INPUT_NAMES, pkg.OUTPUT_CANDIDATE_SCORES)):
+            if ([i.name for i in session.get_inputs()] != list(inputs)
+                    or [o.name for o in session.get_outputs()] != [output]):
+                raise RetrievalError(f"{package_dir}: retrieval graph inputs/outputs differ from the contract")
+        self.dim = dim
+        self.params = search_parameters(nprobe)
+        self.candidates = min(candidates, n_items)
+
+    def vectors(self, columns: np.ndarray) -> np.ndarray:
+        """Item-table rows (..., D) of 0-based columns (..., ); zeros where a column is -1."""
+        flat = columns.reshape(-1)
+        out = np.zeros((len(flat), self.dim), dtype=np.float32)
+        real = flat >= 0
+        if real.any():
+            out[real] = self.index.reconstruct_batch(flat[real])
+        return out.reshape(*columns.shape, self.dim)
+
+    def user(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """user_repr (B, D) for model inputs, the history's rows read from the index."""
+        items = feeds[pkg.INPUT_ITEM_IDS]
+        history = self.vectors(items - 1)  # padding (0) reads as -1: zeros
+        return self.encoder.run([pkg.OUTPUT_USER_REPR], {**feeds, pkg.INPUT_HISTORY_VECTORS: history})[0]
+
+    def search(self, user: np.ndarray, m: int | None = None, nprobe: int | None = None) -> np.ndarray:
+        """The approximate top-m columns (B, m) by inner product with the item table; -1 pads a row
+        whose probed lists hold fewer."""
+        params = self.params if nprobe is None else search_parameters(nprobe)
+        _, columns = self.index.search(np.ascontiguousarray(user, dtype=np.float32), m or self.candidates,
+                                       params=params)
+        return columns
+
+    def rank(self, user: np.ndarray, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Migration-aware scores (B, M) of the given columns, the next-item distribution taken
+        over each row's real columns (-1 entries score -inf and take no share)."""
+        scores = np.full(columns.shape, -np.inf, dtype=np.float32)
+        full = (columns >= 0).all(axis=1)
+        if full.any():  # the usual case: one call for every row with M real candidates
+            scores[full] = self._run_rank(user[full], items[full], columns[full])
+        for row in np.flatnonzero(~full):  # rare: probed lists held fewer than M items
+            keep = columns[row] >= 0
+            if keep.any():
+                scores[row, keep] = self._run_rank(user[row : row + 1], items[row : row + 1], columns[row, keep][None])[0]
+        return scores
+
+    def _run_rank(self, user: np.ndarray, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return self.ranker.run([pkg.OUTPUT_CANDIDATE_SCORES], {
+            pkg.OUTPUT_USER_REPR: user, pkg.INPUT_ITEM_IDS: items, pkg.INPUT_CANDIDATES: columns,
+            pkg.INPUT_CANDIDATE_VECTORS: self.vectors(columns)})[0]
+
+    def retrieve(self, feeds: dict[str, np.ndarray], nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(columns (B, M), scores (B, M)): the candidates of each row and their ranking scores."""
+        user = self.user(feeds)
+        columns = self.search(user, nprobe=nprobe)
+        return columns, self.rank(user, feeds[pkg.INPUT_ITEM_IDS], columns)
+
+
+def build_index(table: np.ndarray, seed: int = 0) -> faiss.Index:
+    """An inner-product IVF index over item-table rows (N, D) (ids = row numbers), with the
+    direct map that lets rows be read back. 4·√N lists, trained on up to 64 rows per list."""
+    n, d = table.shape
+    nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = table[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.add(np.ascontiguousarray(table, dtype=np.float32))
+    index.make_direct_map()
+    return index
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))

@@ -1,0 +1,167 @@
+"""A retrieval package (the large-catalogue path: faiss index + small graphs) served end to end:
+with every item a candidate it gives exactly the whole-catalogue answer; with fewer candidates
+its filters stay exact in effect (never an excluded or seen item, k items whenever k exist, a
+category's items in the exact order); a bad index is refused; batched calls equal calls alone."""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from services.inference.ranking import Inference
+from services.inference.registry import ModelRegistry
+from services.inference.runtime import ModelRuntime, PackageError, Step
+from shared import model_package as pkg
+from training import retrieval
+from training.data import load_store
+from training.train import RunOptions, main
+
+from .conftest import TINY_MODEL, Pipeline
+
+
+class Fixed:
+    """A registry stand-in that always serves one runtime."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
+
+    def current(self) -> ModelRuntime:
+        return self.runtime
+
+
+def publish(pipeline: Pipeline, out: Path, candidates: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(retrieval, "CANDIDATES", candidates)
+    report = main(data=load_store(pipeline.database_url), out=str(out), run=RunOptions(
+        overrides=TINY_MODEL, epochs=1, device="cpu", progress=False, version=f"r{candidates}", retrieval=True))
+    return Path(report["package"])
+
+
+@pytest.fixture(scope="module")
+def packages(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two retrieval packages of the same data: every item a candidate, and 16 candidates."""
+    out = tmp_path_factory.mktemp("retrieval")
+    with pytest.MonkeyPatch.context() as mp:
+        return {"all": publish(pipeline, out / "all", 100_000, mp), "few": publish(pipeline, out / "few", 16, mp)}
+
+
+def histories(pipeline: Pipeline, runtime: ModelRuntime, n: int = 40) -> list[list[Step]]:
+    """Histories of known items, as the features service would hand them over."""
+    rng = np.random.default_rng(0)
+    vocab = runtime.item_vocab
+    out = []
+    for length in rng.integers(1, 25, n):
+        out.append([Step(vocab[int(j)], 1 + int(j) % 4, 1_400_000_000 + 60 * t)
+                    for t, j in enumerate(rng.integers(0, len(vocab), length))])
+    return out
+
+
+def exact(package: Path) -> Inference:
+    runtime = ModelRuntime(package, device="cpu")
+    runtime.retrieval = None  # the whole-catalogue path of the same package
+    return Inference(Fixed(runtime))
+
+
+def test_the_package_carries_the_retrieval_path_and_its_recall(packages):
+    for package in packages.values():
+        manifest = pkg.load_manifest(package)
+        for name in (pkg.INDEX_FILE, pkg.ENCODER_FILE, pkg.RANK_FILE):
+            assert (package / name).stat().st_size > 0
+        r = manifest.retrieval
+        assert r["nprobe"] >= 1 and r["recall_users"] > 0 and 0.0 <= r["recall_at_10"] <= 1.0
+        assert max(r["parity"].values()) <= 1e-4
+    # with every item a candidate and every list probed the path is the exact one
+    full = pkg.load_manifest(packages["all"]).retrieval
+    assert full["candidates"] == len(pkg.load_manifest(packages["all"]).item_vocab)
+    assert pytest.approx(full["recall_at_10"]) == 1.0 or full["nprobe"] < full["nlist"]
+
+
+def test_every_item_a_candidate_gives_the_exact_answer(pipeline, packages):
+    runtime = ModelRuntime(packages["all"], device="cpu")
+    runtime.retrieval.params.nprobe = runtime.retrieval.index.nlist  # every list: the exact candidate set
+    served, whole = Inference(Fixed(runtime)), exact(packages["all"])
+    for history in histories(pipeline, runtime):
+        a = served.recommend(history, 10, None, [], False)
+        b = whole.recommend(history, 10, None, [], False)
+        assert [i for i, _ in a.items] == [i for i, _ in b.items]
+        np.testing.assert_allclose([s for _, s in a.items], [s for _, s in b.items], atol=1e-4)
+
+
+def test_filters_stay_exact_in_effect_with_few_candidates(pipeline, packages):
+    runtime = ModelRuntime(packages["few"], device="cpu")
+    served, whole = Inference(Fixed(runtime)), exact(packages["few"])
+    categories = sorted({c for c in runtime.item_categories if c})
+    for n, history in enumerate(histories(pipeline, runtime)):
+        seen = {s.item_id for s in history}
+        exclude = runtime.item_vocab[n : n + 5]
+        for k in (1, 10, 15, 40):  # 40 > 16 candidates: the exact path answers
+            got = [i for i, _ in served.recommend(history, k, None, exclude, False).items]
+            want = [i for i, _ in whole.recommend(history, k, None, exclude, False).items]
+            assert len(got) == len(want) == min(k, len(set(runtime.item_vocab) - seen - set(exclude)))
+            assert not (set(got) & (seen | set(exclude)))
+        category = categories[n % len(categories)]
+        got = [i for i, _ in served.recommend(history, 10, category, exclude, False).items]
+        want = [i for i, _ in whole.recommend(history, 10, category, exclude, False).items]
+        assert got == want  # a category's items in the exact order
+        assert served.recommend(history, 10, "no-such-category", [], False).items == []
+
+
+def test_a_damaged_index_is_refused(packages, tmp_path):
+    for damage in ("garbage", "other size"):
+        bad = tmp_path / damage.replace(" ", "-")
+        shutil.copytree(packages["few"], bad)
+        if damage == "garbage":
+            (bad / pkg.INDEX_FILE).write_bytes(b"not an index")
+        else:
+            shutil.copy(packages["all"] / pkg.INDEX_FILE, bad / pkg.INDEX_FILE)
+            manifest = json.loads((bad / pkg.MANIFEST_FILE).read_text())
+            manifest["item_vocab"] = manifest["item_vocab"][:-1]
+            manifest["item_categories"] = manifest["item_categories"][:-1]
+            (bad / pkg.MANIFEST_FILE).write_text(json.dumps(manifest))
+        with pytest.raises(PackageError):
+            ModelRuntime(bad, device="cpu")
+
+
+def test_a_damaged_index_keeps_the_served_model(packages, tmp_path, caplog):
+    model_dir = tmp_path / "models"
+    good = pkg.load_manifest(packages["few"]).version
+    shutil.copytree(packages["few"], model_dir / good)
+    (model_dir / pkg.LATEST_FILE).write_text(f"{good}\n")
+    registry = ModelRegistry(model_dir, device="cpu")
+    assert registry.refresh() and registry.current().version == good
+    bad = model_dir / "v-bad"
+    shutil.copytree(packages["few"], bad)
+    manifest = json.loads((bad / pkg.MANIFEST_FILE).read_text())
+    (bad / pkg.MANIFEST_FILE).write_text(json.dumps({**manifest, "version": "v-bad"}))
+    (bad / pkg.INDEX_FILE).write_bytes(b"\x00" * 64)
+    (model_dir / pkg.LATEST_FILE).write_text("v-bad\n")
+    assert not registry.refresh()
+    assert registry.current().version == good
+    assert any(getattr(r, "version", None) == "v-bad" and "refused" in r.getMessage() for r in caplog.records)
+
+
+def test_concurrent_calls_batched_equal_calls_alone(pipeline, packages):
+    alone = ModelRuntime(packages["few"], device="cpu")
+    batched = ModelRuntime(packages["few"], device="cpu", batch_max=8, batch_wait_s=0.005)
+    feeds = [alone.encode([h]) for h in histories(pipeline, alone, 24)]
+    want = [alone.retrieve(f) for f in feeds]
+    got: list = [None] * len(feeds)
+    start = threading.Barrier(len(feeds))
+
+    def call(i: int) -> None:
+        start.wait()
+        got[i] = batched.retrieve(feeds[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batched.close()
+    for (gc, gs), (wc, ws) in zip(got, want):
+        np.testing.assert_array_equal(gc, wc)
+        np.testing.assert_allclose(gs, ws, atol=1e-5)

@@ -1,0 +1,133 @@
+"""The retrieval part of a large-catalogue package (contract in `shared.model_package`): the two
+small graphs (the user encoder fed with the history's item rows, the candidate ranker), the faiss
+index over the item table, and the choice of nprobe by the recall@10 of the served path against
+the exact top 10 on real histories (half of them to choose, the other half to report)."""
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared import model_package as pkg
+from shared.retrieval import Retrieval, build_index, top_columns, write_index
+from training.model import ShiftRec
+
+MIN_ITEMS = 100_000  # catalogues from this size get the retrieval path (below it exact is cheap)
+CANDIDATES = 256  # M: items the index proposes per request, ranked exactly by rank.onnx
+RECALL_TARGET = 0.95
+NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
+OPSET = 17
+TOP_K = 10
+PARITY_ROWS = 64  # real histories compared between the graphs in ONNX Runtime and PyTorch
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: ShiftRec) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()  # the wrapper too: the exporter restores the wrapper's mode on all it holds
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
+                history_vectors: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_user(items, types, times, history_vectors)
+
+
+class RankGraph(nn.Module):
+    def __init__(self, model: ShiftRec) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()  # the wrapper too: the exporter restores the wrapper's mode on all it holds
+
+    def forward(self, user: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
+                candidate_vectors: torch.Tensor) -> torch.Tensor:
+        return self.model.rank_candidates(user, items, candidates, candidate_vectors)
+
+
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
+            output: str, dynamic: dict[str, dict[int, str]]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=OPSET,
+                          input_names=list(inputs), output_names=[output], dynamic_axes=dynamic)
+
+
+def export_graphs(model: ShiftRec, staged: Path, max_len: int) -> None:
+    d = model.cfg.dim
+    g = torch.Generator().manual_seed(0)
+    n_items = model.cfg.n_items
+    items = torch.randint(1, n_items + 1, (2, max_len), generator=g)
+    types = torch.randint(1, pkg.N_EVENT_TYPES, (2, max_len), generator=g)
+    times = torch.cumsum(torch.randint(0, 100_000, (2, max_len), generator=g), 1) + 1_400_000_000
+    _export(EncoderGraph(model), (items, types, times, torch.randn(2, max_len, d, generator=g)), staged / pkg.ENCODER_FILE,
+            pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR,
+            {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR)})
+    candidates = torch.randint(0, n_items, (2, 3), generator=g)
+    _export(RankGraph(model), (torch.randn(2, d, generator=g), items.clone(), candidates, torch.randn(2, 3, d, generator=g)),
+            staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, pkg.OUTPUT_CANDIDATE_SCORES,
+            {n: {0: "batch"} for n in (pkg.OUTPUT_USER_REPR, pkg.INPUT_ITEM_IDS)}
+            | {n: {0: "batch", 1: "candidates"} for n in (pkg.INPUT_CANDIDATES, pkg.INPUT_CANDIDATE_VECTORS,
+                                                           pkg.OUTPUT_CANDIDATE_SCORES)})
+
+
+def recall_at_k(got: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact top k found in its approximate top k."""
+    return float(np.mean([len(set(g[g >= 0]) & set(e)) / len(e) for g, e in zip(got, exact)]))
+
+
+def graph_parity(model: ShiftRec, path: Retrieval, feeds: dict[str, np.ndarray], nprobe: int) -> dict[str, float]:
+    """Largest differences between the two graphs in ONNX Runtime and the same code in PyTorch."""
+    items = feeds[pkg.INPUT_ITEM_IDS]
+    user = path.user(feeds)
+    columns = path.search(user, nprobe=nprobe)
+    scores = path.rank(user, items, columns)
+    with torch.no_grad():
+        t_items, t_types, t_times = (torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES)
+        want_user = model.encode_user(t_items, t_types, t_times, torch.from_numpy(path.vectors(items - 1)))
+        real = (columns >= 0).all(axis=1)
+        want = model.rank_candidates(torch.from_numpy(user[real]), t_items[real], torch.from_numpy(columns[real]),
+                                     torch.from_numpy(path.vectors(columns[real])))
+    return {"max_abs_diff_user_repr": float(np.abs(user - want_user.numpy()).max()),
+            "max_abs_diff_candidate_scores": float(np.abs(scores[real] - want.numpy()).max()) if real.any() else 0.0}
+
+
+def served_top(path: Retrieval, feeds: dict[str, np.ndarray], nprobe: int, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    columns, scores = path.retrieve(feeds, nprobe=nprobe)
+    return top_columns(columns, scores, k)
+
+
+def add_retrieval(model: ShiftRec, table: np.ndarray, staged: Path, max_len: int, feeds: dict[str, np.ndarray],
+                  exact_top: np.ndarray, sample: dict[str, np.ndarray], item_vocab: list[str]) -> dict[str, Any]:
+    """Write items.faiss, encoder.onnx and rank.onnx into `staged`; choose nprobe on half of the
+    real histories in `feeds` (their exact top 10: `exact_top`) and measure recall@10 on the
+    other half; returns the manifest's `retrieval` entry (with the served top 10 of `sample`)."""
+    started = time.perf_counter()
+    index = build_index(table)
+    write_index(index, staged / pkg.INDEX_FILE)
+    export_graphs(model, staged, max_len)
+    build_seconds = time.perf_counter() - started
+    path = Retrieval(staged, n_items=len(table), dim=table.shape[1], nprobe=NPROBES[0], candidates=CANDIDATES,
+                     providers=["CPUExecutionProvider"])
+    n = len(exact_top)
+    choose, report = np.arange(0, n, 2), np.arange(1, n, 2)
+    half = {name: {k: v[rows] for k, v in feeds.items()} for name, rows in (("choose", choose), ("report", report))}
+    tried: dict[int, float] = {}
+    nprobe = NPROBES[-1]
+    for probe in NPROBES:
+        if probe > index.nlist:
+            break
+        tried[probe] = recall_at_k(served_top(path, half["choose"], probe)[0], exact_top[choose])
+        nprobe = probe
+        if tried[probe] >= RECALL_TARGET:
+            break
+    recall = recall_at_k(served_top(path, half["report"], nprobe)[0], exact_top[report])
+    parity = graph_parity(model, path, {k: v[:PARITY_ROWS] for k, v in feeds.items()}, nprobe)
+    columns, scores = served_top(path, sample, nprobe)
+    return {"nlist": int(index.nlist), "nprobe": int(nprobe), "candidates": int(path.candidates),
+            "recall_at_10": recall, "recall_users": len(report), "recall_by_nprobe": tried,
+            "build_seconds": build_seconds, "parity": parity,
+            "sample": {"top10_item_ids": [[item_vocab[c] for c in row if c >= 0] for row in columns.tolist()],
+                       "top10_scores": scores.tolist()}}
