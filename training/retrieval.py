@@ -25,26 +25,18 @@ TOP_K = 10
 PARITY_ROWS = 64  # real histories compared between the graphs in ONNX Runtime and PyTorch
 
 
-class EncoderGraph(nn.Module):
-    def __init__(self, model: ShiftRec) -> None:
+class Entry(nn.Module):
+    """One of the model's inference entry points (`encode_user`, `rank_candidates`) as a module
+    to export."""
+
+    def __init__(self, model: ShiftRec, entry: str) -> None:
         super().__init__()
         self.model = model
+        self.entry = entry
         self.eval()  # the wrapper too: the exporter restores the wrapper's mode on all it holds
 
-    def forward(self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
-                history_vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_user(items, types, times, history_vectors)
-
-
-class RankGraph(nn.Module):
-    def __init__(self, model: ShiftRec) -> None:
-        super().__init__()
-        self.model = model
-        self.eval()  # the wrapper too: the exporter restores the wrapper's mode on all it holds
-
-    def forward(self, user: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
-                candidate_vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.rank_candidates(user, items, candidates, candidate_vectors)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.entry)(*inputs)
 
 
 def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
@@ -62,11 +54,11 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int) -> None:
     items = torch.randint(1, n_items + 1, (2, max_len), generator=g)
     types = torch.randint(1, pkg.N_EVENT_TYPES, (2, max_len), generator=g)
     times = torch.cumsum(torch.randint(0, 100_000, (2, max_len), generator=g), 1) + 1_400_000_000
-    _export(EncoderGraph(model), (items, types, times, torch.randn(2, max_len, d, generator=g)), staged / pkg.ENCODER_FILE,
+    _export(Entry(model, "encode_user"), (items, types, times, torch.randn(2, max_len, d, generator=g)), staged / pkg.ENCODER_FILE,
             pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR,
             {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR)})
     candidates = torch.randint(0, n_items, (2, 3), generator=g)
-    _export(RankGraph(model), (torch.randn(2, d, generator=g), items.clone(), candidates, torch.randn(2, 3, d, generator=g)),
+    _export(Entry(model, "rank_candidates"), (torch.randn(2, d, generator=g), items.clone(), candidates, torch.randn(2, 3, d, generator=g)),
             staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, pkg.OUTPUT_CANDIDATE_SCORES,
             {n: {0: "batch"} for n in (pkg.OUTPUT_USER_REPR, pkg.INPUT_ITEM_IDS)}
             | {n: {0: "batch", 1: "candidates"} for n in (pkg.INPUT_CANDIDATES, pkg.INPUT_CANDIDATE_VECTORS,
