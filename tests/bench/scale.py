@@ -12,11 +12,18 @@ package's graph (what serving loads; weights do not change its cost): export sec
 size, the resident memory of a process holding the ONNX Runtime session, and the model call
 alone at batch 1 (p50/p99, one intra-op thread, as the service runs it) and batch 32.
 
+Serving, per N items: a generated storefront of N items imported through the public API, a model
+trained from the store (sampled softmax, no title vectors: SERVE_CONFIG) and published, then
+Recommend through the three services, open loop at 200 and 400 req/s (latency from the scheduled
+send) and 8 closed-loop clients, with the inference process's peak memory. From 100,000 items
+the package carries the retrieval path (faiss IVF index + small graphs) and its recall@10.
+
 Bounded: fixed sizes and call counts; loopback only; prints tables, writes JSON and a PNG.
 `--quick` runs small sizes (the smoke test in `make test`).
 """
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -45,6 +52,8 @@ FULL_EVENTS = (1_000_000, 5_000_000, 10_000_000)
 FULL_ITEMS = (12_101, 100_000, 1_000_000)
 QUICK_EVENTS = (20_000, 60_000)
 QUICK_ITEMS = (2_000, 20_000)
+QUICK_SERVE_ITEMS = (2_000,)
+SERVE_CONFIG = {"loss": "sampled", "use_text": False}
 
 
 def chunks(events: Iterator[EventRecord], size: int) -> Iterator[list[EventRecord]]:
@@ -181,13 +190,70 @@ print(json.dumps(out))
     return {"items": n_items, "export_seconds": export_seconds, "package_mib": size_mib, **measured}
 
 
-def plot(store_rows: list[dict], catalogue_rows: list[dict], path: Path) -> None:
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
+    """A generated storefront of `n_items` items through the whole product: imported through
+    IngestEvents/UpsertItems, trained from the store, published, and served by the three
+    services; Recommend open loop at each rate, closed loop, and the inference process's peak
+    memory. Catalogues from 100,000 items get the retrieval package (faiss index + small graphs)."""
+    from app.importer import import_records
+    from app.processes import run_cli as shiftrec
+    from app.processes import running_stack
+    from tests.bench.serve import closed_loop, offered_load
+
+    storefront = ScaleStorefront(items_n=n_items, events_n=args.serve_events, categories_n=args.categories,
+                                 shoppers_n=args.serve_events // 10, seed=args.seed)
+    users = [f"u{u}" for u in range(storefront.shoppers)]
+    with tempfile.TemporaryDirectory(prefix="shiftrec-bench-scale-serve-") as tmp:
+        url, models = f"sqlite:///{tmp}/store.db", Path(tmp) / "models"
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps(args.serve_config))
+        row: dict[str, float] = {"items": n_items, "events": args.serve_events}
+        with running_stack(url, models) as stack:
+            started = time.perf_counter()
+            import_records(stack.ingestion.target, storefront.events(), storefront.items(), progress=False)
+            row["import_seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            shiftrec("train", "--database-url", url, "--out", str(models), "--config", str(config),
+                     "--epochs", str(args.train_epochs), "--device", "cpu", "--retrieval", args.serve_retrieval,
+                     timeout=4 * 3600)
+            row["train_export_seconds"] = time.perf_counter() - started
+            stack.inference.wait_serving(timeout=900)
+            package = pkg.resolve_package(models)
+            manifest = pkg.load_manifest(package)
+            row["package_mib"] = sum(f.stat().st_size for f in package.iterdir()) / 2**20
+            retrieval = manifest.retrieval
+            row["retrieval"] = bool(retrieval)
+            if retrieval:
+                row.update(recall_at_10=retrieval["recall_at_10"], nprobe=retrieval["nprobe"],
+                           index_build_seconds=retrieval["build_seconds"])
+            for rate in args.serve_rates:
+                load = asyncio.run(offered_load(stack.inference.target, users, rate, args.serve_seconds, 10, 2.0))
+                row[f"p50_ms_at_{rate:g}"], row[f"p99_ms_at_{rate:g}"] = load["p50_ms"], load["p99_ms"]
+                row[f"errors_at_{rate:g}"] = load["errors"]
+                row[f"achieved_rps_at_{rate:g}"] = load["achieved_rps"]
+            closed = asyncio.run(closed_loop(stack.inference.target, users, 8, args.serve_seconds, 10, 2.0))
+            row["closed_loop_rps"], row["closed_loop_p99_ms"] = closed["achieved_rps"], closed["p99_ms"]
+            row["inference_rss_mib"] = peak_rss_mib(stack.inference.proc.pid)
+    print(f"  serving {n_items:,} items: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in row.items()), flush=True)
+    return row
+
+
+def plot(store_rows: list[dict], catalogue_rows: list[dict], serve_rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for backend in sorted({r["database"] for r in store_rows}):
         rows = [r for r in store_rows if r["database"] == backend]
         axes[0].plot([r["events"] for r in rows], [r["ingest_events_per_s"] for r in rows], "o-", label=backend)
@@ -196,13 +262,21 @@ def plot(store_rows: list[dict], catalogue_rows: list[dict], path: Path) -> None
     axes[0].set(xscale="log", xlabel="events in the store", ylabel="ingest events/s", title="Ingestion")
     axes[1].set(xscale="log", xlabel="events in the store", ylabel="ms", title="GetUserHistory p99")
     for ax in axes[:2]:
-        ax.legend()
+        if store_rows:
+            ax.legend()
     if catalogue_rows:
         n = [r["items"] for r in catalogue_rows]
         axes[2].plot(n, [r["batch1_p99_ms"] for r in catalogue_rows], "o-", label="model call p99, batch 1")
         axes[2].plot(n, [r["inference_rss_mib"] / 10 for r in catalogue_rows], "s--", label="session RSS / 10 MiB")
         axes[2].set(xscale="log", yscale="log", xlabel="catalogue items", title="Catalogue (CPU, 1 thread)")
         axes[2].legend()
+    if serve_rows:
+        n = [r["items"] for r in serve_rows]
+        for key, style in (("p99_ms_at_200", "o-"), ("p99_ms_at_400", "s-")):
+            if all(key in r for r in serve_rows):
+                axes[3].plot(n, [r[key] for r in serve_rows], style, label=key.replace("_ms_at_", " ms @ ") + " req/s")
+        axes[3].set(xscale="log", yscale="log", xlabel="catalogue items", title="Recommend end to end")
+        axes[3].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"curves drawn in {path}")
@@ -219,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history-calls", type=int, default=2_000)
     parser.add_argument("--model-calls", type=int, default=200, help="model calls per catalogue size")
     parser.add_argument("--categories", type=int, default=200)
+    parser.add_argument("--serve-items", help="catalogues served end to end, comma-separated (default 12101,100k,1M)")
+    parser.add_argument("--serve-events", type=int, default=200_000, help="events of each served storefront")
+    parser.add_argument("--serve-rates", default="200,400", help="open-loop Recommend rates per served catalogue")
+    parser.add_argument("--serve-seconds", type=float, default=15.0)
+    parser.add_argument("--train-epochs", type=int, default=3, help="epochs of each served catalogue's model")
+    parser.add_argument("--serve-retrieval", choices=("auto", "on", "off"), default="auto",
+                        help="`shiftrec train --retrieval` for the served catalogues (auto: from 100k items)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres-url", default=os.environ.get(
         "SHIFTREC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
@@ -226,9 +307,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.store_items, args.probe_events, args.history_calls, args.model_calls = 2_000, 2_000, 200, 20
+        args.serve_events, args.serve_seconds, args.train_epochs = 5_000, 2.0, 1
+        args.serve_retrieval = "on"  # the smoke test serves the retrieval path end to end
     events = tuple(int(e) for e in args.events.split(",")) if args.events else (QUICK_EVENTS if args.quick else FULL_EVENTS)
     items = tuple(int(n) for n in args.items.split(",") if n) if args.items is not None else (
         QUICK_ITEMS if args.quick else FULL_ITEMS)
+
+    serve_items = tuple(int(n) for n in args.serve_items.split(",") if n) if args.serve_items is not None else (
+        QUICK_SERVE_ITEMS if args.quick else FULL_ITEMS)
+    args.serve_rates = tuple(float(r) for r in args.serve_rates.split(",") if r)
+    # every served catalogue trains the same way: sampled softmax (a full softmax over a million
+    # items does not fit the box) and no title vectors (encoding a million titles takes ~22 min)
+    args.serve_config = SERVE_CONFIG
 
     store_rows: list[dict] = []
     for backend in args.databases.split(","):
@@ -240,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
         catalogue_rows.append(row)
         print(f"  {n:,} items: package {row['package_mib']:,.0f} MiB, batch 1 p99 {row['batch1_p99_ms']:.1f} ms, "
               f"RSS {row['inference_rss_mib']:,.0f} MiB", flush=True)
+
+    serve_rows = [serving_point(n, args) for n in serve_items]
 
     print(f"\nStore growth ({args.store_items:,}-item storefront; probes of {args.probe_events:,} new events, "
           f"{args.history_calls:,} history reads; {os.cpu_count()} CPUs)\n")
@@ -253,9 +345,19 @@ def main(argv: list[str] | None = None) -> None:
                  "batch 32 p50 ms"],
                 [[f"{r['items']:,}", r["export_seconds"], r["package_mib"], r["inference_rss_mib"],
                   r["batch1_p50_ms"], r["batch1_p99_ms"], r["batch32_p50_ms"]] for r in catalogue_rows])
+    rates = args.serve_rates
+    print(f"\nRecommend end to end ({args.serve_events:,}-event storefronts, {args.train_epochs} epochs, config "
+          f"{json.dumps(SERVE_CONFIG)}; 3 services + load generator on {os.cpu_count()} CPUs, "
+          f"{args.serve_seconds:.0f} s per rate)\n")
+    print_table(["items", "package MiB", "recall@10", *(f"p50/p99 ms @{r:g}" for r in rates), "8 clients req/s",
+                 "inference peak MiB", "train+export s"],
+                [[f"{r['items']:,}", r["package_mib"], r.get("recall_at_10", "exact"),
+                  *(f"{r[f'p50_ms_at_{x:g}']:.1f} / {r[f'p99_ms_at_{x:g}']:.1f}" for x in rates),
+                  r["closed_loop_rps"], r["inference_rss_mib"], r["train_export_seconds"]] for r in serve_rows])
     out = Path(args.out)
-    write_json(out, {"benchmark": "scale", "quick": args.quick, "store": store_rows, "catalogue": catalogue_rows})
-    plot(store_rows, catalogue_rows, out.with_suffix(".png"))
+    write_json(out, {"benchmark": "scale", "quick": args.quick, "store": store_rows, "catalogue": catalogue_rows,
+                     "serving": serve_rows, "serve_config": SERVE_CONFIG})
+    plot(store_rows, catalogue_rows, serve_rows, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`make bench-scale --quick`: both databases grow, every figure is measured and positive, and the
-table, JSON and curves are written."""
+table, JSON and curves are written; a generated storefront is served end to end with the
+retrieval package."""
 
 import json
 import math
@@ -23,5 +24,13 @@ def test_quick_scale_benchmark(postgres_server_url, tmp_path, capsys) -> None:
     assert [r["items"] for r in catalogue] == list(scale.QUICK_ITEMS)
     assert catalogue[1]["package_mib"] > catalogue[0]["package_mib"]
     assert all(math.isfinite(r["batch1_p99_ms"]) and r["inference_rss_mib"] > 0 for r in catalogue)
+    served = result["serving"]
+    assert [r["items"] for r in served] == list(scale.QUICK_SERVE_ITEMS)
+    for row in served:  # the retrieval package through the three services
+        assert row["retrieval"] and 0 <= row["recall_at_10"] <= 1 and row["nprobe"] >= 1
+        assert row["errors_at_200"] == row["errors_at_400"] == 0
+        assert 0 < row["p50_ms_at_200"] <= row["p99_ms_at_200"] and row["closed_loop_rps"] > 0
+        assert row["inference_rss_mib"] > 0 and row["package_mib"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "Store growth" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Store growth" in printed and "Recommend end to end" in printed
