@@ -204,8 +204,7 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
     services; Recommend open loop at each rate, closed loop, and the inference process's peak
     memory. Catalogues from 100,000 items get the retrieval package (faiss index + small graphs)."""
     from app.importer import import_records
-    from app.processes import run_cli as shiftrec
-    from app.processes import running_stack
+    from app.processes import running_stack, shiftrec_command
     from tests.bench.serve import closed_loop, offered_load
 
     storefront = ScaleStorefront(items_n=n_items, events_n=args.serve_events, categories_n=args.categories,
@@ -221,10 +220,17 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
             import_records(stack.ingestion.target, storefront.events(), storefront.items(), progress=False)
             row["import_seconds"] = time.perf_counter() - started
             started = time.perf_counter()
-            shiftrec("train", "--database-url", url, "--out", str(models), "--config", str(config),
-                     "--epochs", str(args.train_epochs), "--device", "cpu", "--retrieval", args.serve_retrieval,
-                     timeout=4 * 3600)
+            # through a small parent that reports its child's peak memory
+            peak = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
+            done = subprocess.run(
+                [sys.executable, "-c", peak, shiftrec_command(), "train", "--database-url", url, "--out", str(models),
+                 "--config", str(config), "--epochs", str(args.train_epochs), "--device", "cpu",
+                 "--retrieval", args.serve_retrieval], capture_output=True, text=True, timeout=4 * 3600, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"shiftrec train failed:\n{done.stderr[-3000:]}")
             row["train_export_seconds"] = time.perf_counter() - started
+            row["train_peak_rss_mib"] = int(done.stdout.strip().splitlines()[-1]) / 1024
             stack.inference.wait_serving(timeout=900)
             package = pkg.resolve_package(models)
             manifest = pkg.load_manifest(package)
@@ -350,10 +356,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{json.dumps(SERVE_CONFIG)}; 3 services + load generator on {os.cpu_count()} CPUs, "
           f"{args.serve_seconds:.0f} s per rate)\n")
     print_table(["items", "package MiB", "recall@10", *(f"p50/p99 ms @{r:g}" for r in rates), "8 clients req/s",
-                 "inference peak MiB", "train+export s"],
+                 "inference peak MiB", "train+export s", "train peak MiB"],
                 [[f"{r['items']:,}", r["package_mib"], r.get("recall_at_10", "exact"),
                   *(f"{r[f'p50_ms_at_{x:g}']:.1f} / {r[f'p99_ms_at_{x:g}']:.1f}" for x in rates),
-                  r["closed_loop_rps"], r["inference_rss_mib"], r["train_export_seconds"]] for r in serve_rows])
+                  r["closed_loop_rps"], r["inference_rss_mib"], r["train_export_seconds"], r["train_peak_rss_mib"]]
+                 for r in serve_rows])
     out = Path(args.out)
     write_json(out, {"benchmark": "scale", "quick": args.quick, "store": store_rows, "catalogue": catalogue_rows,
                      "serving": serve_rows, "serve_config": SERVE_CONFIG})

@@ -30,7 +30,7 @@ def test_quick_scale_benchmark(postgres_server_url, tmp_path, capsys) -> None:
         assert row["retrieval"] and 0 <= row["recall_at_10"] <= 1 and row["nprobe"] >= 1
         assert row["errors_at_200"] == row["errors_at_400"] == 0
         assert 0 < row["p50_ms_at_200"] <= row["p99_ms_at_200"] and row["closed_loop_rps"] > 0
-        assert row["inference_rss_mib"] > 0 and row["package_mib"] > 0
+        assert row["inference_rss_mib"] > 0 and row["package_mib"] > 0 and row["train_peak_rss_mib"] > 100
     assert out.with_suffix(".png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "Store growth" in printed and "Recommend end to end" in printed
