@@ -69,15 +69,21 @@ def to_tensors(inputs: Inputs, device: torch.device) -> tuple[torch.Tensor, ...]
 
 
 def torch_scorer(model: ShiftRec, device: torch.device) -> evaluation.Scorer:
-    """A harness scorer running the model's inference path under no_grad. Columns that are
-    padding in every row are cut first (positions count back from the end, so the result is the
-    same); the harness batches users of similar history length to make that count."""
+    """A harness scorer running the model's inference path under no_grad, for the model as it is
+    now: the item table is built at the first call and kept (a million-item table costs about a
+    second to build; a new scorer is needed after the weights change). Columns that are padding
+    in every row are cut first (positions count back from the end, so the result is the same);
+    the harness batches users of similar history length to make that count."""
+    table: list[torch.Tensor] = []
+
     def score(inputs: Inputs) -> np.ndarray:
         model.eval()
         width = max(int((inputs.items > 0).sum(axis=1).max(initial=0)), 1)
         trimmed = Inputs(*(a[:, -width:] for a in (inputs.items, inputs.types, inputs.times)))
         with torch.no_grad():
-            scores, _ = model.score(*to_tensors(trimmed, device))
+            if not table:
+                table.append(model.item_table())
+            scores, _ = model.score(*to_tensors(trimmed, device), table=table[0])
         return scores.float().cpu().numpy()
     return score
 
@@ -110,7 +116,6 @@ def train(
         load_warm_start(model, warm_start, data)
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    scorer = torch_scorer(model, device)
 
     # loop
     result = Trained(model, model_cfg, train_cfg, device=str(device))
@@ -133,7 +138,7 @@ def train(
             optimizer.step()
             total += float(loss.detach())
         train_seconds = time.perf_counter() - t0
-        greater, ties = evaluation.ranks(valid_set, scorer)
+        greater, ties = evaluation.ranks(valid_set, torch_scorer(model, device))  # this epoch's weights
         valid = evaluation.metrics.ranking_metrics(greater, ties, (10,))
         row = {"epoch": epoch, "loss": total / max(n_batches, 1), "valid_NDCG@10": valid["NDCG@10"],
                "valid_HR@10": valid["HR@10"], "epoch_seconds": train_seconds,
