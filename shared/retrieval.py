@@ -35,8 +35,12 @@ class Retrieval:
     faiss searches and ONNX Runtime runs only read."""
 
     def __init__(self, package_dir: str | Path, *, n_items: int, dim: int, nprobe: int, candidates: int,
-                 providers: list[str], options: ort.SessionOptions | None = None) -> None:
+                 providers: list[str], options: ort.SessionOptions | None = None, threads: int | None = None) -> None:
         package_dir = Path(package_dir)
+        # faiss searches a batch with OpenMP over every core by default; request threads each
+        # doing so oversubscribe the box. OpenMP keeps the setting per calling thread, so it is
+        # set at every search (None: faiss's default)
+        self.threads = threads
         try:
             self.index = faiss.read_index(str(package_dir / pkg.INDEX_FILE))
         except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
@@ -77,6 +81,8 @@ class Retrieval:
         """The approximate top-m columns (B, m) by inner product with the item table; -1 pads a row
         whose probed lists hold fewer."""
         params = self.params if nprobe is None else search_parameters(nprobe)
+        if self.threads is not None:
+            faiss.omp_set_num_threads(self.threads)
         _, columns = self.index.search(np.ascontiguousarray(user, dtype=np.float32), m or self.candidates,
                                        params=params)
         return columns

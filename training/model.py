@@ -444,16 +444,27 @@ class ShiftRec(nn.Module):
         return self.encode(items, types, times, GatheredRows(history_vectors))[:, -1]
 
     def rank_candidates(self, h: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
-                        candidate_vectors: torch.Tensor) -> torch.Tensor:
+                        candidate_vectors: torch.Tensor,
+                        mass: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`serve`'s migration-aware scores (B, M) of M candidate items per row (0-based columns,
-        their item-table rows (B, M, D) given), with the next-item distribution taken over the
-        candidates alone. With every item as a candidate this is `serve`'s scores exactly; over
-        an approximate top-M it is the retrieval package's ranking."""
+        their item-table rows (B, M, D) given). The re-weighting needs the next-item distribution
+        summed per category; without `mass` it is taken over the candidates alone (with every
+        item a candidate this is `serve`'s scores exactly). With `mass` = (vectors (S, D),
+        categories (S,), weights (S,)), a fixed per-category sample of the catalogue, each weighted
+        by the items it stands for, adds the rest of each category's share (an estimate: the
+        tail a top-M leaves out holds most of a category's mass in a large catalogue)."""
         base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
         cats = self.item_cat[candidates + 1]  # (B, M)
-        probs = F.softmax(base, dim=-1)
-        item_cat_p = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device).scatter_add(
-            1, cats, probs)  # (B, C+1)
+        zeros = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device)
+        if mass is None:
+            item_cat_p = zeros.scatter_add(1, cats, F.softmax(base, dim=-1))  # (B, C+1)
+        else:
+            vectors, mass_cats, weights = mass
+            extra = h @ vectors.T  # (B, S)
+            top = torch.maximum(base.max(-1, keepdim=True).values, extra.max(-1, keepdim=True).values)
+            item_cat_p = zeros.scatter_add(1, cats, torch.exp(base - top)).scatter_add(
+                1, mass_cats.expand_as(extra), weights * torch.exp(extra - top))
+            item_cat_p = item_cat_p / item_cat_p.sum(-1, keepdim=True)  # (B, C+1)
         delta = self.migrate(h, items, item_cat_p)["delta"]
         return base + self.beta * delta.gather(1, cats)
 

@@ -106,7 +106,7 @@ class ModelRuntime:
                 self.retrieval = Retrieval(
                     self.package_dir, n_items=len(self.item_vocab), dim=self.manifest.dim,
                     nprobe=self.manifest.retrieval["nprobe"], candidates=self.manifest.retrieval["candidates"],
-                    providers=self.session.get_providers(), options=options)
+                    providers=self.session.get_providers(), options=options, threads=threads)
             except RetrievalError as exc:
                 raise PackageError(str(exc)) from exc
         self.batch_max = batch_max

@@ -74,8 +74,11 @@ def test_the_package_carries_the_retrieval_path_and_its_recall(packages):
         r = manifest.retrieval
         assert r["nprobe"] >= 1 and r["recall_users"] > 0 and 0.0 <= r["recall_at_10"] <= 1.0
         assert max(r["parity"].values()) <= 1e-4
+    # fewer candidates than items: the category shares are estimated with a per-category sample
+    assert pkg.load_manifest(packages["few"]).retrieval["mass_sample"] > 0
     # with every item a candidate and every list probed the path is the exact one
     full = pkg.load_manifest(packages["all"]).retrieval
+    assert full["mass_sample"] == 0
     assert full["candidates"] == len(pkg.load_manifest(packages["all"]).item_vocab)
     assert pytest.approx(full["recall_at_10"]) == 1.0 or full["nprobe"] < full["nlist"]
 
