@@ -49,7 +49,7 @@ bench-serve: setup  ## Recommend p50/p95/p99 end to end at fixed rates; ONNX Run
 bench-cuda: setup  ## model alone on a GPU: ORT CUDA vs CPU vs PyTorch, 12k and 1M items, batch 1/32/256 (says so without one)
 	$(BIN)/python -m tests.bench.cuda --out var/bench/cuda.json
 
-bench-scale: setup  ## store growth to 10M events (ingest, history p99, load) and catalogue to 1M items (package, RSS, model call); PNG
+bench-scale: setup  ## store growth to 10M events; catalogue to 1M items (model call, RSS); Recommend end to end at 12k/100k/1M (retrieval path, recall); PNG
 	$(BIN)/python -m tests.bench.scale --out var/bench/scale.json
 
 bench-quality: setup  ## served = evaluated: import (holdout 1), train from the store, serve, HR/NDCG vs offline

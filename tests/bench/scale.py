@@ -254,35 +254,42 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
 
 
 def plot(store_rows: list[dict], catalogue_rows: list[dict], serve_rows: list[dict], path: Path) -> None:
+    """One panel per measured curve (a partial run draws only what it measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    for backend in sorted({r["database"] for r in store_rows}):
-        rows = [r for r in store_rows if r["database"] == backend]
-        axes[0].plot([r["events"] for r in rows], [r["ingest_events_per_s"] for r in rows], "o-", label=backend)
-        grown = [r for r in rows if "history_p99_ms" in r]
-        axes[1].plot([r["events"] for r in grown], [r["history_p99_ms"] for r in grown], "o-", label=backend)
-    axes[0].set(xscale="log", xlabel="events in the store", ylabel="ingest events/s", title="Ingestion")
-    axes[1].set(xscale="log", xlabel="events in the store", ylabel="ms", title="GetUserHistory p99")
-    for ax in axes[:2]:
-        if store_rows:
-            ax.legend()
+    panels = (["ingest", "history"] if store_rows else []) + (["catalogue"] if catalogue_rows else []) + (
+        ["serving"] if serve_rows else [])
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4), squeeze=False)
+    ax = dict(zip(panels, axes[0]))
+    if store_rows:
+        for backend in sorted({r["database"] for r in store_rows}):
+            rows = [r for r in store_rows if r["database"] == backend]
+            ax["ingest"].plot([r["events"] for r in rows], [r["ingest_events_per_s"] for r in rows], "o-", label=backend)
+            grown = [r for r in rows if "history_p99_ms" in r]
+            ax["history"].plot([r["events"] for r in grown], [r["history_p99_ms"] for r in grown], "o-", label=backend)
+        ax["ingest"].set(xscale="log", xlabel="events in the store", ylabel="ingest events/s", title="Ingestion")
+        ax["history"].set(xscale="log", xlabel="events in the store", ylabel="ms", title="GetUserHistory p99")
+        ax["ingest"].legend()
+        ax["history"].legend()
     if catalogue_rows:
         n = [r["items"] for r in catalogue_rows]
-        axes[2].plot(n, [r["batch1_p99_ms"] for r in catalogue_rows], "o-", label="model call p99, batch 1")
-        axes[2].plot(n, [r["inference_rss_mib"] / 10 for r in catalogue_rows], "s--", label="session RSS / 10 MiB")
-        axes[2].set(xscale="log", yscale="log", xlabel="catalogue items", title="Catalogue (CPU, 1 thread)")
-        axes[2].legend()
+        ax["catalogue"].plot(n, [r["batch1_p99_ms"] for r in catalogue_rows], "o-", label="model call p99, batch 1")
+        ax["catalogue"].plot(n, [r["inference_rss_mib"] / 10 for r in catalogue_rows], "s--",
+                             label="session RSS / 10 MiB")
+        ax["catalogue"].set(xscale="log", yscale="log", xlabel="catalogue items", title="Catalogue (CPU, 1 thread)")
+        ax["catalogue"].legend()
     if serve_rows:
         n = [r["items"] for r in serve_rows]
         for key, style in (("p99_ms_at_200", "o-"), ("p99_ms_at_400", "s-")):
             if all(key in r for r in serve_rows):
-                axes[3].plot(n, [r[key] for r in serve_rows], style, label=key.replace("_ms_at_", " ms @ ") + " req/s")
-        axes[3].set(xscale="log", yscale="log", xlabel="catalogue items", title="Recommend end to end")
-        axes[3].legend()
+                ax["serving"].plot(n, [r[key] for r in serve_rows], style,
+                                   label=key.replace("_ms_at_", " ms @ ") + " req/s")
+        ax["serving"].plot(n, [r["inference_rss_mib"] for r in serve_rows], "^--", label="inference peak MiB")
+        ax["serving"].set(xscale="log", yscale="log", xlabel="catalogue items", title="Recommend end to end")
+        ax["serving"].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"curves drawn in {path}")
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve-events", type=int, default=200_000, help="events of each served storefront")
     parser.add_argument("--serve-rates", default="200,400", help="open-loop Recommend rates per served catalogue")
     parser.add_argument("--serve-seconds", type=float, default=15.0)
-    parser.add_argument("--train-epochs", type=int, default=3, help="epochs of each served catalogue's model")
+    parser.add_argument("--train-epochs", type=int, default=2, help="epochs of each served catalogue's model")
     parser.add_argument("--serve-retrieval", choices=("auto", "on", "off"), default="auto",
                         help="`shiftrec train --retrieval` for the served catalogues (auto: from 100k items)")
     parser.add_argument("--seed", type=int, default=0)
