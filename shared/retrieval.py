@@ -45,6 +45,8 @@ class Retrieval:
             self.index = faiss.read_index(str(package_dir / pkg.INDEX_FILE))
         except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
             raise RetrievalError(f"{package_dir / pkg.INDEX_FILE}: unreadable index: {exc}") from exc
+        if faiss.try_extract_index_ivf(self.index) is None:  # nprobe and the direct map need an IVF index
+            raise RetrievalError(f"{package_dir / pkg.INDEX_FILE}: not an IVF index ({type(self.index).__name__})")
         if self.index.ntotal != n_items or self.index.d != dim:
             raise RetrievalError(f"{package_dir / pkg.INDEX_FILE}: index holds {self.index.ntotal} vectors of "
                                  f"{self.index.d} dims; the package has {n_items} items of {dim}")

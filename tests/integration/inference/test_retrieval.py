@@ -8,6 +8,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -114,11 +115,16 @@ def test_filters_stay_exact_in_effect_with_few_candidates(pipeline, packages):
 
 
 def test_a_damaged_index_is_refused(packages, tmp_path):
-    for damage in ("garbage", "other size"):
+    for damage in ("garbage", "other size", "not IVF"):
         bad = tmp_path / damage.replace(" ", "-")
         shutil.copytree(packages["few"], bad)
         if damage == "garbage":
             (bad / pkg.INDEX_FILE).write_bytes(b"not an index")
+        elif damage == "not IVF":  # the right size and width, but no lists to probe
+            index = faiss.read_index(str(bad / pkg.INDEX_FILE))
+            flat = faiss.IndexFlatIP(index.d)
+            flat.add(index.reconstruct_n(0, index.ntotal))
+            faiss.write_index(flat, str(bad / pkg.INDEX_FILE))
         else:
             shutil.copy(packages["all"] / pkg.INDEX_FILE, bad / pkg.INDEX_FILE)
             manifest = json.loads((bad / pkg.MANIFEST_FILE).read_text())
