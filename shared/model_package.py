@@ -33,7 +33,9 @@ approximate top-M path that never multiplies by the whole item table:
                    the item-table rows of item_ids (any values at padding) -> user_repr (B, D)
     rank.onnx      user_repr (B, D), item_ids (B, L), candidates (B, M) int64 columns,
                    candidate_vectors (B, M, D) -> candidate_scores (B, M): the migration-aware
-                   scores with the next-item distribution taken over the M candidates
+                   scores, each category's share of the next-item distribution taken over the
+                   M candidates plus a per-category sample of the catalogue held in the graph
+                   (weighted by the items each sampled item stands for; no sample when M >= N)
 Recommend searches the index with user_repr for `retrieval["candidates"]` columns at
 `retrieval["nprobe"]` and ranks them with rank.onnx; the manifest records the recall@10 of that
 path against model.onnx's exact top 10, measured at export on real histories.
@@ -124,8 +126,9 @@ class Manifest:
     padding_index: int = PADDING_INDEX
     event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPES))
     data_source: str = ""
-    # retrieval packages only: nlist, nprobe, candidates, recall_at_10 (+ users measured), and
-    # `sample`, the top 10 the retrieval path gave for parity_sample's inputs; {} = exact only
+    # retrieval packages only: nlist, nprobe, candidates, mass_sample, recall_at_10 (+ users
+    # measured), and `sample`, the top 10 the retrieval path gave for parity_sample's inputs;
+    # {} = exact only
     retrieval: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

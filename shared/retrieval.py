@@ -79,19 +79,19 @@ class Retrieval:
         history = self.vectors(items - 1)  # padding (0) reads as -1: zeros
         return self.encoder.run([pkg.OUTPUT_USER_REPR], {**feeds, pkg.INPUT_HISTORY_VECTORS: history})[0]
 
-    def search(self, user: np.ndarray, m: int | None = None, nprobe: int | None = None) -> np.ndarray:
-        """The approximate top-m columns (B, m) by inner product with the item table; -1 pads a row
+    def search(self, user: np.ndarray, nprobe: int | None = None) -> np.ndarray:
+        """The approximate top-M columns (B, M) by inner product with the item table; -1 pads a row
         whose probed lists hold fewer."""
         params = self.params if nprobe is None else search_parameters(nprobe)
         if self.threads is not None:
             faiss.omp_set_num_threads(self.threads)
-        _, columns = self.index.search(np.ascontiguousarray(user, dtype=np.float32), m or self.candidates,
-                                       params=params)
+        _, columns = self.index.search(np.ascontiguousarray(user, dtype=np.float32), self.candidates, params=params)
         return columns
 
     def rank(self, user: np.ndarray, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """Migration-aware scores (B, M) of the given columns, the next-item distribution taken
-        over each row's real columns (-1 entries score -inf and take no share)."""
+        """Migration-aware scores (B, M) of the given columns (rank.onnx: the category shares from
+        the row's real columns plus the graph's per-category sample; -1 entries score -inf and
+        take no share)."""
         scores = np.full(columns.shape, -np.inf, dtype=np.float32)
         full = (columns >= 0).all(axis=1)
         if full.any():  # the usual case: one call for every row with M real candidates

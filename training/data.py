@@ -235,8 +235,6 @@ def eval_set(data: SequenceData, split: str, max_len: int) -> EvalSet:
         candidates = sorted(np.random.default_rng(0).choice(candidates, cap, replace=False).tolist())
     for u in candidates:
         t = data.target_index(u, split)
-        if t < 1:
-            continue
         users.append(u)
         hist_i.append(data.items[u][:t])
         hist_ty.append(data.types[u][:t])

@@ -2,7 +2,6 @@
 and atomic publication of the model package (see `shared.model_package` for the contract)."""
 
 import shutil
-import warnings
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +19,8 @@ from training.evaluation import SCORE_BATCH_BUDGET
 from training.model import ItemTableT, ShiftRec
 from training.parity_sample import synthetic_parity_inputs
 from training.text import ENCODER_NAME
+from training.tracing import trace_to_onnx
 
-OPSET = 17
 SCORE_TOLERANCE = 1e-4
 TOP_K = 10
 PARITY_USERS = 256  # real sequences compared between ONNX Runtime and PyTorch
@@ -143,13 +142,8 @@ def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.nda
 
 def export_onnx(serving: ServingModel, path: Path, max_len: int) -> None:
     example = tuple(torch.ones(2, max_len, dtype=torch.int64) for _ in pkg.INPUT_NAMES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            serving, example, str(path), dynamo=False, opset_version=OPSET,
-            input_names=list(pkg.INPUT_NAMES), output_names=list(pkg.ALL_OUTPUT_NAMES),
-            dynamic_axes={n: {0: "batch"} for n in (*pkg.INPUT_NAMES, *pkg.ALL_OUTPUT_NAMES)},
-        )
+    trace_to_onnx(serving, example, path, pkg.INPUT_NAMES, pkg.ALL_OUTPUT_NAMES,
+                  {n: {0: "batch"} for n in (*pkg.INPUT_NAMES, *pkg.ALL_OUTPUT_NAMES)})
 
 
 def save_curve(history: list[dict[str, float]], path: Path) -> None:

@@ -4,7 +4,6 @@ index over the item table, and the choice of nprobe by the recall@10 of the serv
 the exact top 10 on real histories (half of them to choose, the other half to report)."""
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,13 @@ from torch import nn
 from shared import model_package as pkg
 from shared.retrieval import Retrieval, build_index, top_columns, write_index
 from training.model import ShiftRec
+from training.tracing import trace_to_onnx
 
 MIN_ITEMS = 100_000  # catalogues from this size get the retrieval path (below it exact is cheap)
 CANDIDATES = 256  # M: items the index proposes per request, ranked exactly by rank.onnx
 MASS_SAMPLE = 8_192  # items (per category: 8,192 / categories) whose scores estimate each category's share
 RECALL_TARGET = 0.95
 NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
-OPSET = 17
 TOP_K = 10
 PARITY_ROWS = 64  # real histories compared between the graphs in ONNX Runtime and PyTorch
 
@@ -73,14 +72,6 @@ def mass_sample(item_cat: np.ndarray, budget: int = MASS_SAMPLE, seed: int = 0) 
     return np.concatenate(columns), np.concatenate(weights)
 
 
-def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
-            output: str, dynamic: dict[str, dict[int, str]]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=list(inputs), output_names=[output], dynamic_axes=dynamic)
-
-
 def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray | None = None) -> nn.Module:
     """encoder.onnx and rank.onnx; with the item table (N, D) given, rank.onnx carries the
     per-category mass sample (`mass_sample`), without it the candidates alone make the mass.
@@ -91,17 +82,17 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray
     items = torch.randint(1, n_items + 1, (2, max_len), generator=g)
     types = torch.randint(1, pkg.N_EVENT_TYPES, (2, max_len), generator=g)
     times = torch.cumsum(torch.randint(0, 100_000, (2, max_len), generator=g), 1) + 1_400_000_000
-    _export(Entry(model, "encode_user"), (items, types, times, torch.randn(2, max_len, d, generator=g)), staged / pkg.ENCODER_FILE,
-            pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR,
+    trace_to_onnx(Entry(model, "encode_user"), (items, types, times, torch.randn(2, max_len, d, generator=g)),
+            staged / pkg.ENCODER_FILE, pkg.ENCODER_INPUT_NAMES, (pkg.OUTPUT_USER_REPR,),
             {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR)})
     candidates = torch.randint(0, n_items, (2, 3), generator=g)
     ranker: nn.Module = Entry(model, "rank_candidates")
     if table is not None:
         columns, weights = mass_sample(model.item_cat[1:].numpy())
-        ranker = RankWithMass(model, torch.from_numpy(np.ascontiguousarray(table[columns])),
+        ranker = RankWithMass(model, torch.from_numpy(table[columns]),
                               model.item_cat[1:][torch.from_numpy(columns)], torch.from_numpy(weights))
-    _export(ranker, (torch.randn(2, d, generator=g), items.clone(), candidates, torch.randn(2, 3, d, generator=g)),
-            staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, pkg.OUTPUT_CANDIDATE_SCORES,
+    trace_to_onnx(ranker, (torch.randn(2, d, generator=g), items, candidates, torch.randn(2, 3, d, generator=g)),
+            staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, (pkg.OUTPUT_CANDIDATE_SCORES,),
             {n: {0: "batch"} for n in (pkg.OUTPUT_USER_REPR, pkg.INPUT_ITEM_IDS)}
             | {n: {0: "batch", 1: "candidates"} for n in (pkg.INPUT_CANDIDATES, pkg.INPUT_CANDIDATE_VECTORS,
                                                            pkg.OUTPUT_CANDIDATE_SCORES)})

@@ -69,21 +69,21 @@ def to_tensors(inputs: Inputs, device: torch.device) -> tuple[torch.Tensor, ...]
 
 
 def torch_scorer(model: ShiftRec, device: torch.device) -> evaluation.Scorer:
-    """A harness scorer running the model's inference path under no_grad, for the model as it is
-    now: the item table is built at the first call and kept (a million-item table costs about a
-    second to build; a new scorer is needed after the weights change). Columns that are padding
-    in every row are cut first (positions count back from the end, so the result is the same);
-    the harness batches users of similar history length to make that count."""
-    table: list[torch.Tensor] = []
+    """A harness scorer running the model's inference path under no_grad, for the weights as
+    they are now: the item table is built once, here (a million-item table costs about a second;
+    make a new scorer after the weights change). Columns that are padding in every row are cut
+    first (positions count back from the end, so the result is the same); the harness batches
+    users of similar history length to make that count."""
+    model.eval()
+    with torch.no_grad():
+        table = model.item_table()
 
     def score(inputs: Inputs) -> np.ndarray:
         model.eval()
         width = max(int((inputs.items > 0).sum(axis=1).max(initial=0)), 1)
         trimmed = Inputs(*(a[:, -width:] for a in (inputs.items, inputs.types, inputs.times)))
         with torch.no_grad():
-            if not table:
-                table.append(model.item_table())
-            scores, _ = model.score(*to_tensors(trimmed, device), table=table[0])
+            scores, _ = model.score(*to_tensors(trimmed, device), table=table)
         return scores.float().cpu().numpy()
     return score
 
