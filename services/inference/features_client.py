@@ -34,7 +34,9 @@ class FeatureClient:
         """
         try:
             response = await self.stub.GetUserHistory(
-                features_pb2.GetUserHistoryRequest(user_id=user_id, limit=self.history_limit),
+                features_pb2.GetUserHistoryRequest(
+                    user_id=user_id, limit=self.history_limit, view=features_pb2.HISTORY_VIEW_STEPS
+                ),
                 timeout=self.timeout,
             )
         except grpc.aio.AioRpcError as exc:
@@ -43,10 +45,18 @@ class FeatureClient:
                 log.error("feature service refused inference's credentials; check SHIFTREC_AUTH_TOKEN",
                           extra={"code": exc.code().name, "reason": exc.details()})
             raise Unavailable(f"feature service: {exc.code().name}: {exc.details()}") from exc
-        steps = [
-            Step(h.event.item_id, h.event.type, timestamp_us(h.event.occurred_at)) for h in response.events
-        ]
-        return steps, [h.category for h in response.events]
+        if response.events and not response.steps.item_ids:
+            # a feature server older than HISTORY_VIEW_STEPS answers with the full view
+            return (
+                [Step(h.event.item_id, h.event.type, timestamp_us(h.event.occurred_at)) for h in response.events],
+                [h.category for h in response.events],
+            )
+        columns = response.steps
+        n = len(columns.item_ids)
+        if not len(columns.types) == len(columns.occurred_at_us) == len(columns.categories) == n:
+            raise Unavailable("feature service: malformed history (columns of different lengths)")
+        steps = [Step(*step) for step in zip(columns.item_ids, columns.types, columns.occurred_at_us, strict=True)]
+        return steps, list(columns.categories)
 
     async def close(self) -> None:
         await self.channel.close()

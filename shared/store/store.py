@@ -5,8 +5,9 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, select, text
+from sqlalchemy import Connection, Engine, Row, Select, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -93,6 +94,16 @@ class HistoryEntry:
     event: EventRecord
     category: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySteps:
+    """A user's history as parallel columns, oldest first: only what a model reads."""
+
+    item_ids: list[str]
+    event_types: list[int]
+    occurred_at_us: list[int]
+    categories: list[str]  # "" where the item is not in the catalogue
 
 
 class EventStore:
@@ -220,18 +231,25 @@ class EventStore:
 
     def recent_history(self, user_id: str, limit: int) -> list[HistoryEntry]:
         """The user's `limit` most recent events, oldest first, joined with their items."""
-        newest = (
-            select(*_EVENT_COLUMNS, ItemRow.category, ItemRow.tags)
-            .outerjoin(ItemRow, ItemRow.item_id == EventRow.item_id)
-            .where(EventRow.user_id == user_id)
-            .order_by(EventRow.occurred_at_us.desc(), EventRow.seq.desc())
-            .limit(limit)
-        )
         with self._reading() as conn:
-            rows = conn.execute(newest).all()
+            rows = conn.execute(_newest(user_id, limit, *_EVENT_COLUMNS, ItemRow.category, ItemRow.tags)).all()
         return [
             HistoryEntry(_record(row), row.category or "", tuple(row.tags or ())) for row in reversed(rows)
         ]
+
+    def recent_steps(self, user_id: str, limit: int) -> HistorySteps:
+        """The same events as `recent_history`, as columns of what a model reads.
+
+        Several times cheaper per event (four columns, no tags to decode, no record objects),
+        which is what bounds the serving path when histories are long."""
+        query = _newest(user_id, limit, EventRow.item_id, EventRow.event_type, EventRow.occurred_at_us,
+                        ItemRow.category)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return HistorySteps([], [], [], [])
+        items, types, times, categories = zip(*reversed(rows), strict=True)
+        return HistorySteps(list(items), list(types), list(times), [c or "" for c in categories])
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
         """The catalogue items among `item_ids`, by id."""
@@ -287,6 +305,18 @@ class EventStore:
 
 _EVENT_COLUMNS = [c for c in EventRow.__table__.c if c.name != "received_at_us"]
 _ITEM_COLUMNS = [c for c in ItemRow.__table__.c if c.name != "updated_at_us"]
+
+
+def _newest(user_id: str, limit: int, *columns: Any) -> Select[Any]:
+    """The user's `limit` most recent events (newest first, by time then arrival), with their
+    items' columns joined where the item is in the catalogue."""
+    return (
+        select(*columns)
+        .outerjoin(ItemRow, ItemRow.item_id == EventRow.item_id)
+        .where(EventRow.user_id == user_id)
+        .order_by(EventRow.occurred_at_us.desc(), EventRow.seq.desc())
+        .limit(limit)
+    )
 
 
 def _record(row: Row) -> EventRecord:

@@ -19,6 +19,7 @@ def test_quick_scale_benchmark(postgres_server_url, tmp_path, capsys) -> None:
         for row in rows[1:]:
             assert row["bulk_fill_events_per_s"] > 0
             assert 0 < row["history_p50_ms"] <= row["history_p99_ms"] < 1_000
+            assert 0 < row["full_history_p50_ms"] <= row["full_history_p99_ms"] < 1_000
             assert row["load_users"] > 0 and row["load_seconds"] > 0
     catalogue = result["catalogue"]
     assert [r["items"] for r in catalogue] == list(scale.QUICK_ITEMS)

@@ -69,6 +69,36 @@ def test_history_is_most_recent_oldest_first_with_item_attributes(stubs) -> None
     assert list(nobody.events) == []
 
 
+def test_the_steps_view_is_the_full_history_as_columns(stubs) -> None:
+    ingestion, features = stubs
+    ingestion.UpsertItems(ingestion_pb2.UpsertItemsRequest(items=[
+        common_pb2.Item(item_id="lip", category="makeup", tags=["lips"]),
+        common_pb2.Item(item_id="comb", category="tools"),
+    ]), timeout=10)
+    t = 1_700_000_000
+    events = [event("a", "u", "lip", t + 100), event("c", "u", "comb", t + 300, common_pb2.EVENT_TYPE_ADD_TO_CART),
+              event("b", "u", "gone", t + 200), event("d", "u", "lip", t + 300, common_pb2.EVENT_TYPE_PURCHASE),
+              event("other", "v", "lip", t + 999)]
+    assert ingestion.IngestEvents(ingestion_pb2.IngestEventsRequest(events=events), timeout=10).accepted == 5
+    for limit in (0, 2, 100):  # 0: the server's default (history_length=3)
+        full = features.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id="u", limit=limit), timeout=10)
+        steps = features.GetUserHistory(features_pb2.GetUserHistoryRequest(
+            user_id="u", limit=limit, view=features_pb2.HISTORY_VIEW_STEPS), timeout=10)
+        assert list(steps.events) == [] and steps.user_id == "u"
+        columns = steps.steps
+        assert list(zip(columns.item_ids, columns.types, columns.occurred_at_us, columns.categories, strict=True)) == [
+            (h.event.item_id, h.event.type, h.event.occurred_at.ToMicroseconds(), h.category) for h in full.events]
+        assert len(columns.item_ids) == {0: 3, 2: 2, 100: 4}[limit]
+    assert list(columns.item_ids) == ["lip", "gone", "comb", "lip"]
+    assert list(columns.categories) == ["makeup", "", "tools", "makeup"]  # "gone" is not in the catalogue
+    explicit = features.GetUserHistory(features_pb2.GetUserHistoryRequest(
+        user_id="u", limit=100, view=features_pb2.HISTORY_VIEW_FULL), timeout=10)
+    assert [h.event.event_id for h in explicit.events] == ["a", "b", "c", "d"] and not explicit.steps.item_ids
+    nobody = features.GetUserHistory(features_pb2.GetUserHistoryRequest(
+        user_id="nobody", view=features_pb2.HISTORY_VIEW_STEPS), timeout=10)
+    assert list(nobody.steps.item_ids) == [] and list(nobody.events) == []
+
+
 def test_get_items_reports_missing(stubs) -> None:
     ingestion, features = stubs
     ingestion.UpsertItems(ingestion_pb2.UpsertItemsRequest(items=[
@@ -88,6 +118,11 @@ def test_get_items_reports_missing(stubs) -> None:
         (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id="u" * 129)), "user_id"),
         (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id="u", limit=-1)), "limit"),
         (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id="u", limit=10_001)), "limit"),
+        (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(
+            user_id="", view=features_pb2.HISTORY_VIEW_STEPS)), "user_id"),
+        (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(
+            user_id="u", limit=-1, view=features_pb2.HISTORY_VIEW_STEPS)), "limit"),
+        (lambda f: f.GetUserHistory(features_pb2.GetUserHistoryRequest(user_id="u", view=7)), "view"),
         (lambda f: f.GetItems(features_pb2.GetItemsRequest()), "item_ids"),
         (lambda f: f.GetItems(features_pb2.GetItemsRequest(item_ids=["ok", ""])), "item_ids[1]"),
         (lambda f: f.GetItems(features_pb2.GetItemsRequest(item_ids=["x"] * 10_001)), "item_ids"),
