@@ -55,7 +55,7 @@ class FeatureClient:
         n = len(columns.item_ids)
         if not len(columns.types) == len(columns.occurred_at_us) == len(columns.categories) == n:
             raise Unavailable("feature service: malformed history (columns of different lengths)")
-        steps = [Step(*step) for step in zip(columns.item_ids, columns.types, columns.occurred_at_us, strict=True)]
+        steps = list(map(Step._make, zip(columns.item_ids, columns.types, columns.occurred_at_us, strict=True)))
         return steps, list(columns.categories)
 
     async def close(self) -> None:
