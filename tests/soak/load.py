@@ -1,13 +1,16 @@
 """Open-loop mixed load: Recommend at a fixed rate and IngestEvents at a fixed event rate, at the
-same time, from one asyncio loop; the resident memory of the service processes is sampled on
+same time, each from its own process; the resident memory of the service processes is sampled on
 the side. Every call has a deadline and the whole run stops after `seconds`."""
 
 import asyncio
+import multiprocessing
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -16,6 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from shared.clients import open_aio_channel
 from shiftrec.v1 import common_pb2, inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
 from tests.reliability.helpers import rss_kib
+
+STREAM_START_S = 2.0  # both streams start this long after the Recommend channel is ready
 
 
 @dataclass
@@ -88,31 +93,72 @@ async def _sample_rss(pids: dict[str, int], result: LoadResult, stop: asyncio.Ev
             pass
 
 
-async def mixed_load(ingestion_target: str, inference_target: str, users: Sequence[str], items: Sequence[str],
-                     config: LoadConfig, pids: dict[str, int] | None = None) -> LoadResult:
-    """Run both streams for `config.seconds`, then wait (bounded) for the calls in flight."""
-    result = LoadResult()
-    rng = random.Random(config.seed)
-    in_flight: set[asyncio.Task[None]] = set()
-    async with open_aio_channel(ingestion_target) as ingest_channel, open_aio_channel(inference_target) as infer_channel:
-        ingest = ingestion_pb2_grpc.IngestionServiceStub(ingest_channel)
-        infer = inference_pb2_grpc.InferenceServiceStub(infer_channel)
-        # connect both channels before the clock starts
-        await asyncio.wait_for(ingest_channel.channel_ready(), 30)
-        await asyncio.wait_for(infer_channel.channel_ready(), 30)
+async def _ticker(t0: float, seconds: float, rate: float, fire: Callable[[], None]) -> None:
+    """Call `fire` `rate` times a second from `t0` (a time.perf_counter instant, the same clock in
+    every process on Linux) for `seconds`; late ticks fire at once (open loop)."""
+    if rate <= 0:
+        return
+    interval, n = 1.0 / rate, 0
+    while True:
+        due = t0 + n * interval
+        if due - time.perf_counter() > 0:
+            await asyncio.sleep(due - time.perf_counter())
+        if time.perf_counter() - t0 >= seconds:
+            return
+        fire()
+        n += 1
 
-        async def recommend(user: str) -> None:
-            start = time.perf_counter()
-            try:
-                reply = await infer.Recommend(inference_pb2.RecommendRequest(user_id=user, k=config.k),
-                                              timeout=config.deadline_s)
-                code = "OK"
-                result.strategies[inference_pb2.Strategy.Name(reply.strategy)] += 1
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-            result.codes["Recommend"][code] += 1
-            if code == "OK":
-                result.latency_ms["Recommend"].append((start - t0, (time.perf_counter() - start) * 1e3))
+
+class _InFlight:
+    """Calls in flight, bounded: beyond `limit` a tick is counted as SHED_BY_CLIENT."""
+
+    def __init__(self, limit: int, codes: dict[str, Counter[str]]) -> None:
+        self.limit, self.codes = limit, codes
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def launch(self, coro: Coroutine[Any, Any, None], rpc: str) -> None:
+        if len(self.tasks) >= self.limit:
+            coro.close()
+            self.codes[rpc]["SHED_BY_CLIENT"] += 1
+            return
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+
+
+async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str], config: LoadConfig,
+                         t0: float) -> dict[str, Any]:
+    """The IngestEvents stream from `t0`; its share of a LoadResult as plain values."""
+    rng = random.Random(config.seed + 1)
+    latency: list[tuple[float, float]] = []
+    codes: Counter[str] = Counter()
+    counts = Counter[str]()
+    in_flight = _InFlight(config.max_in_flight, {"IngestEvents": codes})
+    serial = 0
+
+    def make_batch() -> list[common_pb2.Event]:
+        nonlocal serial
+        now = time.time_ns()
+        batch = []
+        for _ in range(config.batch_size):
+            serial += 1
+            # half of the events extend the histories Recommend reads, half go to other shoppers
+            user = rng.choice(users) if serial % 2 else f"{config.run_id}-shopper-{rng.randrange(20_000)}"
+            batch.append(common_pb2.Event(
+                event_id=f"{config.run_id}-{serial}", user_id=user, item_id=rng.choice(items),
+                type=rng.choice((1, 1, 1, 2, 2, 3, 4, 5)),
+                occurred_at=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+                platform="soak"))
+        counts["sent"] += len(batch)
+        return batch
+
+    async with open_aio_channel(target) as channel:
+        ingest = ingestion_pb2_grpc.IngestionServiceStub(channel)
+        await asyncio.wait_for(channel.channel_ready(), 30)
 
         async def ingest_batch(batch: list[common_pb2.Event]) -> None:
             start = time.perf_counter()
@@ -120,68 +166,78 @@ async def mixed_load(ingestion_target: str, inference_target: str, users: Sequen
                 reply = await ingest.IngestEvents(ingestion_pb2.IngestEventsRequest(events=batch),
                                                   timeout=config.ingest_deadline_s)
                 code = "OK"
-                result.events_accepted += reply.accepted
-                result.events_duplicate += reply.duplicates
-                result.events_rejected += reply.rejected
+                counts.update(accepted=reply.accepted, duplicates=reply.duplicates, rejected=reply.rejected)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
-            result.codes["IngestEvents"][code] += 1
+            codes[code] += 1
             if code == "OK":
-                result.latency_ms["IngestEvents"].append((start - t0, (time.perf_counter() - start) * 1e3))
+                latency.append((start - t0, (time.perf_counter() - start) * 1e3))
 
-        serial = 0
+        await _ticker(t0, config.seconds, config.events_per_second / config.batch_size,
+                      lambda: in_flight.launch(ingest_batch(make_batch()), "IngestEvents"))
+        await in_flight.drain(config.ingest_deadline_s + 5)
+    return {"latency": latency, "codes": dict(codes), "counts": dict(counts)}
 
-        def make_batch() -> list[common_pb2.Event]:
-            nonlocal serial
-            now = time.time_ns()
-            batch = []
-            for _ in range(config.batch_size):
-                serial += 1
-                # half of the events extend the histories Recommend reads, half go to other shoppers
-                user = rng.choice(users) if serial % 2 else f"{config.run_id}-shopper-{rng.randrange(20_000)}"
-                batch.append(common_pb2.Event(
-                    event_id=f"{config.run_id}-{serial}", user_id=user, item_id=rng.choice(items),
-                    type=rng.choice((1, 1, 1, 2, 2, 3, 4, 5)),
-                    occurred_at=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
-                    platform="soak"))
-            result.events_sent += len(batch)
-            return batch
 
-        def launch(coro, rpc: str) -> None:
-            if len(in_flight) >= config.max_in_flight:
-                coro.close()
-                result.codes[rpc]["SHED_BY_CLIENT"] += 1
-                return
-            task = asyncio.create_task(coro)
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+def _run_ingest_stream(target: str, users: Sequence[str], items: Sequence[str], config: LoadConfig,
+                       t0: float) -> dict[str, Any]:
+    return asyncio.run(_ingest_stream(target, users, items, config, t0))
 
-        async def ticker(rate: float, fire) -> None:
-            if rate <= 0:
-                return
-            interval, n = 1.0 / rate, 0
-            while True:
-                due = t0 + n * interval
-                if due - time.perf_counter() > 0:
-                    await asyncio.sleep(due - time.perf_counter())
-                if time.perf_counter() - t0 >= config.seconds:
-                    return
-                fire()
-                n += 1
 
-        stop_sampling = asyncio.Event()
-        t0 = time.perf_counter()
-        result.started = time.monotonic()
-        sampler = asyncio.create_task(_sample_rss(pids or {}, result, stop_sampling, config.sample_seconds))
-        await asyncio.gather(
-            ticker(config.recommend_rps, lambda: launch(recommend(rng.choice(users)), "Recommend")),
-            ticker(config.events_per_second / config.batch_size,
-                   lambda: launch(ingest_batch(make_batch()), "IngestEvents")),
-        )
-        result.load_s = time.perf_counter() - t0
-        if in_flight:
-            await asyncio.wait(set(in_flight), timeout=config.ingest_deadline_s + 5)
-        result.elapsed_s = time.perf_counter() - t0
-        stop_sampling.set()
-        await sampler
+def _ready() -> bool:
+    return True
+
+
+async def mixed_load(ingestion_target: str, inference_target: str, users: Sequence[str], items: Sequence[str],
+                     config: LoadConfig, pids: dict[str, int] | None = None) -> LoadResult:
+    """Run both streams for `config.seconds`, then wait (bounded) for the calls in flight.
+
+    The event stream runs in a process of its own, as a storefront's event pipeline is not the
+    client asking for recommendations: building and sending 500-event batches would otherwise
+    stall the loop that times Recommend. Both start at the same instant."""
+    result = LoadResult()
+    rng = random.Random(config.seed)
+    in_flight = _InFlight(config.max_in_flight, result.codes)
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        await loop.run_in_executor(pool, _ready)  # the worker is up before the clock starts
+        async with open_aio_channel(inference_target) as infer_channel:
+            infer = inference_pb2_grpc.InferenceServiceStub(infer_channel)
+            await asyncio.wait_for(infer_channel.channel_ready(), 30)
+            t0 = time.perf_counter() + STREAM_START_S
+
+            async def recommend(user: str) -> None:
+                start = time.perf_counter()
+                try:
+                    reply = await infer.Recommend(inference_pb2.RecommendRequest(user_id=user, k=config.k),
+                                                  timeout=config.deadline_s)
+                    code = "OK"
+                    result.strategies[inference_pb2.Strategy.Name(reply.strategy)] += 1
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                result.codes["Recommend"][code] += 1
+                if code == "OK":
+                    result.latency_ms["Recommend"].append((start - t0, (time.perf_counter() - start) * 1e3))
+
+            events = loop.run_in_executor(pool, _run_ingest_stream, ingestion_target, list(users), list(items),
+                                          config, t0)
+            await asyncio.sleep(max(t0 - time.perf_counter(), 0))
+            result.started = time.monotonic()
+            stop_sampling = asyncio.Event()
+            sampler = asyncio.create_task(_sample_rss(pids or {}, result, stop_sampling, config.sample_seconds))
+            await _ticker(t0, config.seconds, config.recommend_rps,
+                          lambda: in_flight.launch(recommend(rng.choice(users)), "Recommend"))
+            result.load_s = time.perf_counter() - t0
+            await in_flight.drain(config.deadline_s + 5)
+            stream = await events
+            result.elapsed_s = time.perf_counter() - t0
+            stop_sampling.set()
+            await sampler
+    result.latency_ms["IngestEvents"] = [tuple(x) for x in stream["latency"]]
+    result.codes["IngestEvents"].update(stream["codes"])
+    counts = stream["counts"]
+    result.events_sent = counts.get("sent", 0)
+    result.events_accepted = counts.get("accepted", 0)
+    result.events_duplicate = counts.get("duplicates", 0)
+    result.events_rejected = counts.get("rejected", 0)
     return result
