@@ -31,6 +31,31 @@ def write_json(path: str | Path, payload: dict[str, object]) -> None:
     print(f"results written to {out}")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU milliseconds per answered request of each named process over a stretch of load."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def per_request_ms(self, answered: int) -> dict[str, float]:
+        end = self._read()
+        return {name: 1000 * (end[name] - self.start[name]) / max(answered, 1)  # type: ignore[operator]
+                for name in self.pids if end[name] is not None and self.start[name] is not None}
+
+
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     """Median milliseconds of `fn()` after `warmup` calls."""
     for _ in range(warmup):

@@ -24,7 +24,7 @@ from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
-from tests.bench.common import print_table, time_call, write_json
+from tests.bench.common import CpuMeter, print_table, time_call, write_json
 
 DEFAULT_RATES = (50, 100, 200, 400)
 
@@ -175,8 +175,12 @@ def main() -> None:
             shiftrec("train", "--database-url", url, "--out", str(models), "--epochs",
                      str(args.train_epochs), "--device", "cpu")
         stack.inference.wait_serving(timeout=120)
+        pids = {"load generator": os.getpid(), "inference": stack.inference.proc.pid,
+                "features": stack.features.proc.pid}
         for rate in (float(r) for r in args.rates.split(",")):
+            meter = CpuMeter(pids)
             row = asyncio.run(offered_load(stack.inference.target, users, rate, args.seconds, args.k, args.deadline))
+            row["cpu_ms_per_request"] = meter.per_request_ms(int(row["achieved_rps"] * args.seconds))
             load_rows.append(row)
             print(f"  {rate:.0f} req/s: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                   f"errors {row['errors']}", flush=True)
@@ -195,6 +199,11 @@ def main() -> None:
     print_table(["offered req/s", "achieved req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"],
                 [[r["offered_rps"], r["achieved_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"],
                   r["errors"]] for r in load_rows])
+    print(f"\nCPU per answered request, ms (user + system; {os.cpu_count()} CPUs = "
+          f"{1000 * (os.cpu_count() or 1):,} CPU ms per second)\n")
+    print_table(["offered req/s", *pids, "all"],
+                [[r["offered_rps"], *(r["cpu_ms_per_request"].get(n, float("nan")) for n in pids),
+                  sum(r["cpu_ms_per_request"].values())] for r in load_rows])
     print(f"\nClosed loop (each client sends when its last answer came, {args.seconds:.0f} s)\n")
     print_table(["clients", "req/s", "p50 ms", "p99 ms", "errors"],
                 [[r["clients"], r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for r in closed_rows])
