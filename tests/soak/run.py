@@ -45,14 +45,16 @@ class SoakConfig:
     workdir: str = ""  # default: a temporary directory, removed afterwards
     out: str = "var/bench/soak.json"
     shoppers: int = 300
+    history_events: tuple[int, int] = (10, 40)  # seeded events per shopper, min and max
     check_latency: bool = True
 
 
-def seed_store(database_url: str, shoppers: int, seed: int = 5) -> tuple[list[str], list[str], int]:
+def seed_store(database_url: str, shoppers: int, seed: int = 5,
+               history_events: tuple[int, int] = (10, 40)) -> tuple[list[str], list[str], int]:
     """Simulated catalogue and shoppers; returns (users, items, events stored)."""
     simulator = StorefrontSimulator(seed=seed, items_per_category=25)
     now = time.time_ns() // 1_000
-    population = simulator.population(shoppers, (10, 40), now - 20 * DAY_US, now - DAY_US)
+    population = simulator.population(shoppers, history_events, now - 20 * DAY_US, now - DAY_US)
     store = open_store(database_url)
     store.upsert_items(simulator.catalogue(), updated_at_us=now)
     events = [e for s in population for e in s.events]
@@ -86,7 +88,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
     database_url = config.database_url or f"sqlite:///{workdir / 'soak.db'}"
     try:
         print(f"seeding the store ({config.shoppers} simulated shoppers)…", flush=True)
-        users, items, seeded = seed_store(database_url, config.shoppers)
+        users, items, seeded = seed_store(database_url, config.shoppers, history_events=config.history_events)
         model_dir = workdir / "models"
         if config.model_dir:
             source = Path(config.model_dir)
@@ -180,6 +182,13 @@ def print_report(report: dict[str, Any]) -> None:
     print_table(["check", "result"], [[name, "PASS" if ok else "FAIL"] for name, ok in report["checks"].items()])
 
 
+def _pair(text: str) -> tuple[int, int]:
+    low, high = (int(v) for v in text.split(","))
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"--history-events wants MIN,MAX with 1 <= MIN <= MAX (got {text})")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = SoakConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
     parser.add_argument("--model-dir", default="", help="a published package or model dir; default: train a tiny one")
     parser.add_argument("--workdir", default="", help="keep the store, model and service logs here")
+    parser.add_argument("--history-events", type=_pair, default=defaults.history_events, metavar="MIN,MAX",
+                        help="seeded events per shopper, MIN,MAX (200,220: histories as long as inference reads)")
     parser.add_argument("--out", default=defaults.out)
     args = parser.parse_args(argv)
     config = SoakConfig(minutes=args.minutes, recommend_rps=args.recommend_rps,
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         deadline_s=args.deadline, p99_recommend_ms=args.p99_recommend_ms,
                         p99_ingest_ms=args.p99_ingest_ms, max_memory_growth_pct=args.max_memory_growth,
                         sample_seconds=args.sample_seconds, database_url=args.database_url,
-                        model_dir=args.model_dir, workdir=args.workdir, out=args.out)
+                        model_dir=args.model_dir, workdir=args.workdir, out=args.out,
+                        history_events=args.history_events)
     report = soak(config)
     print("SOAK PASSED" if report["passed"] else "SOAK FAILED")
     return 0 if report["passed"] else 1
