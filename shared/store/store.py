@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, delete, func, select, text
+from sqlalchemy import Connection, Engine, Integer, Row, Select, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -232,7 +232,7 @@ class EventStore:
     def recent_history(self, user_id: str, limit: int) -> list[HistoryEntry]:
         """The user's `limit` most recent events, oldest first, joined with their items."""
         with self._reading() as conn:
-            rows = conn.execute(_newest(user_id, limit, *_EVENT_COLUMNS, ItemRow.category, ItemRow.tags)).all()
+            rows = conn.execute(_NEWEST_EVENTS, {"user_id": user_id, "limit": limit}).all()
         return [
             HistoryEntry(_record(row), row.category or "", tuple(row.tags or ())) for row in reversed(rows)
         ]
@@ -242,10 +242,8 @@ class EventStore:
 
         Several times cheaper per event (four columns, no tags to decode, no record objects),
         which is what bounds the serving path when histories are long."""
-        query = _newest(user_id, limit, EventRow.item_id, EventRow.event_type, EventRow.occurred_at_us,
-                        ItemRow.category)
         with self._reading() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(_NEWEST_STEPS, {"user_id": user_id, "limit": limit}).all()
         if not rows:
             return HistorySteps([], [], [], [])
         items, types, times, categories = zip(*reversed(rows), strict=True)
@@ -307,16 +305,22 @@ _EVENT_COLUMNS = [c for c in EventRow.__table__.c if c.name != "received_at_us"]
 _ITEM_COLUMNS = [c for c in ItemRow.__table__.c if c.name != "updated_at_us"]
 
 
-def _newest(user_id: str, limit: int, *columns: Any) -> Select[Any]:
-    """The user's `limit` most recent events (newest first, by time then arrival), with their
-    items' columns joined where the item is in the catalogue."""
+def _newest(*columns: Any) -> Select[Any]:
+    """A user's (`:user_id`) `:limit` most recent events (newest first, by time then arrival),
+    with their items' columns joined where the item is in the catalogue.
+
+    Built once, bound per call: building the expression cost a third of a history read."""
     return (
         select(*columns)
         .outerjoin(ItemRow, ItemRow.item_id == EventRow.item_id)
-        .where(EventRow.user_id == user_id)
+        .where(EventRow.user_id == bindparam("user_id"))
         .order_by(EventRow.occurred_at_us.desc(), EventRow.seq.desc())
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
+
+
+_NEWEST_EVENTS = _newest(*_EVENT_COLUMNS, ItemRow.category, ItemRow.tags)
+_NEWEST_STEPS = _newest(EventRow.item_id, EventRow.event_type, EventRow.occurred_at_us, ItemRow.category)
 
 
 def _record(row: Row) -> EventRecord:
