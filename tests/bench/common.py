@@ -52,8 +52,8 @@ class CpuMeter:
 
     def per_request_ms(self, answered: int) -> dict[str, float]:
         end = self._read()
-        return {name: 1000 * (end[name] - self.start[name]) / max(answered, 1)  # type: ignore[operator]
-                for name in self.pids if end[name] is not None and self.start[name] is not None}
+        return {name: 1000 * (stop - start) / max(answered, 1) for name in self.pids
+                if (start := self.start[name]) is not None and (stop := end[name]) is not None}
 
 
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

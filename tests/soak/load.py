@@ -136,7 +136,7 @@ async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str]
     rng = random.Random(config.seed + 1)
     latency: list[tuple[float, float]] = []
     codes: Counter[str] = Counter()
-    counts = Counter[str]()
+    counts: Counter[str] = Counter()
     in_flight = _InFlight(config.max_in_flight, {"IngestEvents": codes})
     serial = 0
 
@@ -233,7 +233,7 @@ async def mixed_load(ingestion_target: str, inference_target: str, users: Sequen
             result.elapsed_s = time.perf_counter() - t0
             stop_sampling.set()
             await sampler
-    result.latency_ms["IngestEvents"] = [tuple(x) for x in stream["latency"]]
+    result.latency_ms["IngestEvents"] = stream["latency"]  # (t, ms) tuples survive pickling
     result.codes["IngestEvents"].update(stream["codes"])
     counts = stream["counts"]
     result.events_sent = counts.get("sent", 0)
