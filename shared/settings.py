@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         32, ge=1, le=1024, description="Most rows one ONNX Runtime call gathers from concurrent "
         "Recommend/ScoreItems requests (dynamic batching); 1 = every request runs alone."
     )
+    inference_batch_threads: int = Field(
+        2, ge=1, le=64, description="Model calls that run at once, each gathering its own batch "
+        "(with batching on): more than one lets model work, such as a large catalogue's index "
+        "search, use more than one core."
+    )
     inference_batch_wait_ms: float = Field(
         0.0, ge=0, le=50, description="How long a model call waits for other requests to join "
         "its batch; 0 = it takes only those already waiting (no added latency at low load)."

@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent model calls gathered into one ONNX Runtime call.
 
 As Triton's dynamic batcher does: callers (the request threads of Recommend and ScoreItems) put
-their rows on a queue and wait; one thread takes the first waiting call, adds whatever else is
-queued (up to `max_batch` rows, waiting at most `max_wait_s` for more), runs the model once on
+their rows on a queue and wait; a model thread takes the first waiting call, adds whatever else
+is queued (up to `max_batch` rows, waiting at most `max_wait_s` for more), runs the model once on
 the stacked rows and hands each caller its own slice. With `max_wait_s` 0 nothing waits for
 company: at low load every call runs alone as before, and under load the calls that queued
-while the model was busy share the next run. No gRPC here; numpy in and out.
+while the model was busy share the next run. `threads` model threads gather and run batches
+side by side (ONNX Runtime and faiss release the GIL), as Triton's model instances do: one
+thread would hold all model work to one core. No gRPC here; numpy in and out.
 """
 
 import queue
@@ -32,20 +34,24 @@ class _Call:
 
 class DynamicBatcher:
     """Runs `run_batch` (feeds of B rows -> outputs whose first axis is B) for many callers at
-    once. Thread-safe; `close()` serves what is queued, then calls run directly."""
+    once, on `threads` model threads. Thread-safe; `close()` serves what is queued, then calls
+    run directly."""
 
     def __init__(self, run_batch: Callable[[Feeds], Outputs], *, max_batch: int, max_wait_s: float = 0.0,
-                 name: str = "batcher") -> None:
+                 threads: int = 1, name: str = "batcher") -> None:
         if max_batch < 2:
             raise ValueError("max_batch must be at least 2 (1 means no batching: do not build one)")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{n}", daemon=True) for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def run(self, feeds: Feeds) -> Outputs:
         """The outputs for these rows, computed alongside whatever other calls are waiting."""
@@ -64,10 +70,18 @@ class DynamicBatcher:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
-        self._thread.join(timeout)
+            for _ in self._threads:  # one close marker per thread, behind every queued call
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether any model thread still runs."""
+        return any(thread.is_alive() for thread in self._threads)
 
     def _loop(self) -> None:
+        """One model thread: batches until it takes a close marker (each thread takes one)."""
         carry: _Call | None = None
         closing = False
         while not (closing and carry is None):

@@ -27,12 +27,13 @@ class ModelRegistry:
     end, so a swap never changes the model under a request in flight."""
 
     def __init__(self, model_dir: str | Path, *, device: str = "auto", threads: int = 1,
-                 batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
+                 batch_max: int = 1, batch_wait_s: float = 0.0, batch_threads: int = 1) -> None:
         self.model_dir = Path(model_dir)
         self.device = device
         self.threads = threads
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
+        self.batch_threads = batch_threads
         self.stats = RegistryStats()
         self._current: ModelRuntime | None = None
         self._refused: set[str] = set()
@@ -72,7 +73,8 @@ class ModelRegistry:
             if pkg.VERSION_PATTERN.fullmatch(version) is None:
                 raise PackageError(f"LATEST names {version!r}, not a version directory")
             runtime = ModelRuntime(self.model_dir / version, device=self.device, threads=self.threads,
-                                   batch_max=self.batch_max, batch_wait_s=self.batch_wait_s)
+                                   batch_max=self.batch_max, batch_wait_s=self.batch_wait_s,
+                                   batch_threads=self.batch_threads)
             try:
                 if runtime.version != version:
                     raise PackageError(f"manifest version {runtime.version!r} != directory {version!r}")

@@ -55,10 +55,11 @@ def choose_providers(device: str) -> list[str]:
 class ModelRuntime:
     """A model package ready to serve. Thread-safe: ONNX Runtime sessions allow concurrent run().
     With `batch_max` > 1, concurrent `run()` calls are gathered into one session call
-    (`services.inference.batching`); `close()` stops that when the runtime is swapped out."""
+    (`services.inference.batching`), `batch_threads` such calls at a time; `close()` stops that
+    when the runtime is swapped out."""
 
     def __init__(self, package_dir: str | Path, *, device: str = "auto", threads: int = 1,
-                 batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
+                 batch_max: int = 1, batch_wait_s: float = 0.0, batch_threads: int = 1) -> None:
         self.package_dir = Path(package_dir)
         try:
             self.manifest = pkg.load_manifest(self.package_dir)
@@ -120,7 +121,8 @@ class ModelRuntime:
         if self.retrieval is not None:
             calls.append(("retrieve", self._retrieve, batch_max))
         self._batchers = {
-            name: DynamicBatcher(fn, max_batch=rows, max_wait_s=batch_wait_s, name=f"batcher-{name}-{self.version}")
+            name: DynamicBatcher(fn, max_batch=rows, max_wait_s=batch_wait_s, threads=batch_threads,
+                                 name=f"batcher-{name}-{self.version}")
             for name, fn, rows in calls if rows > 1}
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ class InferenceServer:
         self.registry = ModelRegistry(
             settings.model_dir, device=settings.inference_device, threads=settings.inference_threads,
             batch_max=settings.inference_batch_max, batch_wait_s=settings.inference_batch_wait_ms / 1000,
+            batch_threads=settings.inference_batch_threads,
         )
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")

@@ -96,7 +96,7 @@ def test_a_swap_ends_the_old_models_batching(pipeline, tmp_path) -> None:
     train_package(pipeline.database_url, model_dir, epochs=1, version="v2")
     assert registry.refresh()
     assert registry.current() is not old
-    assert not any(b._thread.is_alive() for b in old._batchers.values())
+    assert not any(b.alive for b in old._batchers.values())
     feeds = old.encode(histories(pipeline, 1))
     assert old.run(feeds)[0].shape == (1, len(old.item_vocab))  # a request still on it is answered
     registry.current().close()

@@ -115,10 +115,61 @@ def test_close_while_callers_race_loses_no_call():
         results = list(pool.map(lambda v: batcher.run({"x": np.full((1, 3), v)})[0], range(400)))
     assert [int(r[0, 0]) for r in results] == [2 * v for v in range(400)]
     assert stop.wait(5)
-    assert not batcher._thread.is_alive()
+    assert not batcher.alive
     assert batcher.run({"x": np.ones((1, 3))})[0].tolist() == [[2, 2, 2]]  # after close: alone
 
 
 def test_max_batch_one_is_refused():
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(FakeModel(), max_batch=1)
+
+
+class OverlapModel(FakeModel):
+    """FakeModel that records how many of its calls ran at the same moment."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        super().__init__(seconds)
+        self.running = 0
+        self.most_at_once = 0
+
+    def __call__(self, feeds):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().__call__(feeds)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_model_threads_run_batches_side_by_side_and_never_more(threads):
+    model = OverlapModel()
+    batcher = DynamicBatcher(model, max_batch=4, threads=threads)
+    results = call_concurrently(batcher, range(48))
+    for v, (doubled, _) in enumerate(results):
+        np.testing.assert_array_equal(doubled, np.full((1, 3), 2 * v))
+    assert sum(model.batches) == 48
+    assert model.most_at_once == threads  # 16 racing callers keep every model thread busy
+    assert all(b <= 4 for b in model.batches)
+    batcher.close()
+    assert not batcher.alive
+
+
+def test_close_with_several_model_threads_loses_no_call():
+    model = FakeModel(seconds=0.001)
+    batcher = DynamicBatcher(model, max_batch=8, threads=3)
+    threading.Timer(0.02, batcher.close).start()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda v: batcher.run({"x": np.full((1, 3), v)})[0], range(400)))
+    assert [int(r[0, 0]) for r in results] == [2 * v for v in range(400)]
+    deadline = time.monotonic() + 5
+    while batcher.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not batcher.alive
+
+
+def test_zero_model_threads_are_refused():
+    with pytest.raises(ValueError, match="threads"):
+        DynamicBatcher(FakeModel(), max_batch=4, threads=0)
