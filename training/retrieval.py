@@ -20,7 +20,10 @@ MIN_ITEMS = 100_000  # catalogues from this size get the retrieval path (below i
 CANDIDATES = 256  # M: items the index proposes per request, ranked exactly by rank.onnx
 MASS_SAMPLE = 8_192  # items (per category: 8,192 / categories) whose scores estimate each category's share
 RECALL_TARGET = 0.95
-NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
+# lists probed, tried in order: steps of about √2 above 32, where each doubling costs more search
+# time than the recall it buys is worth (at a million items recall@10 rose .931 → .948 → .965 from
+# 64 to 128 to 256 lists, just short of the target at 128, and the search took 2.5 ms at 256)
+NPROBES = (4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOP_K = 10
 PARITY_ROWS = 64  # real histories compared between the graphs in ONNX Runtime and PyTorch
 

@@ -108,3 +108,17 @@ def test_sampled_softmax_builds_only_the_rows_it_uses_and_means_the_same():
     got.backward()  # the gradient reaches the id embeddings of the rows used, and only those
     touched = model.item_emb.weight.grad.abs().sum(-1) > 0
     assert set(torch.nonzero(touched).flatten().tolist()) <= set(torch.cat([items.reshape(-1), y, neg]).tolist())
+
+
+@pytest.mark.parametrize("over", [{}, VARIANTS["filter"], {"use_time": False}, {"use_types": False}, {"n_heads": 4}])
+def test_serving_reads_the_last_position_of_the_full_encoding(over):
+    """`encode_last` (what serve, the exported graphs and the evaluation read) equals the full
+    encoding's last position, with left padding of different lengths in one batch."""
+    model = small_model(**over)
+    items, types, times = (torch.cat(parts) for parts in zip(*(sequence(n, 8, n) for n in (1, 3, 8))))
+    with torch.no_grad():
+        table = model.item_table()
+        full = model.encode(items, types, times, table)[:, -1]
+        last = model.encode_last(items, types, times, table)
+    torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+    assert not torch.allclose(last[0], last[1])  # the rows differ: the comparison is not vacuous
