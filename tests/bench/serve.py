@@ -1,6 +1,8 @@
 """make bench-serve: Recommend latency and throughput end to end (ingestion, features and
 inference as processes on this machine, loopback only), at fixed offered rates; then the model
-alone in ONNX Runtime vs the same model in PyTorch eager, batch 1 and 256.
+alone in ONNX Runtime vs the same model in PyTorch eager, batch 1 and 256; and the floor under
+it all, the CPU of a bare grpc.aio unary call (a health Check, no interceptors, no work) on
+each side.
 
 Open-loop load: requests are sent on a fixed schedule whatever the answers do, and latency is
 measured from the scheduled send time, so queueing shows up instead of hiding (no coordinated
@@ -11,6 +13,8 @@ import argparse
 import asyncio
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ from shared import model_package as pkg
 from shared.clients import open_aio_channel
 from shared.datasets import read_s3rec, s3rec_events, s3rec_items
 from shiftrec.v1 import inference_pb2, inference_pb2_grpc
-from tests.bench.common import CpuMeter, print_table, time_call, write_json
+from tests.bench.common import CpuMeter, cpu_seconds, print_table, time_call, write_json
 
 DEFAULT_RATES = (50, 100, 200, 400)
 
@@ -100,6 +104,60 @@ async def closed_loop(target: str, users: list[str], clients: int, seconds: floa
     ms = np.array(latencies) * 1000
     return {"clients": clients, "achieved_rps": len(latencies) / elapsed, "errors": errors,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+BARE_SERVER = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def grpc_floor(calls: int = 20_000, clients: int = 8) -> dict[str, float]:
+    """CPU ms per call of a bare grpc.aio unary call (health Check: no interceptors, no work),
+    server and client side, `clients` concurrent callers on one channel: what every hop of the
+    product (load generator -> inference -> features) costs before any code of ours runs."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        target = f"127.0.0.1:{int(server.stdout.readline())}"
+
+        async def run() -> float:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                left = calls
+
+                async def caller() -> None:
+                    nonlocal left
+                    while left > 0:
+                        left -= 1
+                        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+                start = time.perf_counter()
+                await asyncio.gather(*(caller() for _ in range(clients)))
+                return time.perf_counter() - start
+
+        server_cpu, client_cpu = cpu_seconds(server.pid) or 0.0, time.process_time()
+        elapsed = asyncio.run(run())
+        return {"calls": calls, "clients": clients, "calls_per_s": calls / elapsed,
+                "server_cpu_ms": 1000 * ((cpu_seconds(server.pid) or 0.0) - server_cpu) / calls,
+                "client_cpu_ms": 1000 * (time.process_time() - client_cpu) / calls}
+    finally:
+        server.kill()
+        server.wait()
 
 
 def eager_model(package_dir: Path, manifest: pkg.Manifest):
@@ -193,6 +251,7 @@ def main() -> None:
                   flush=True)
     package = pkg.resolve_package(models)
     alone = model_alone(package, args.threads)
+    floor = grpc_floor()
 
     print(f"\nRecommend end to end (k={args.k}, {len(users):,} {args.domain} users, 3 services + load "
           f"generator on {os.cpu_count()} CPUs, {args.seconds:.0f} s per rate)\n")
@@ -212,10 +271,14 @@ def main() -> None:
           f"{args.threads} thread(s), median ms per call)\n")
     print_table(["batch", "ONNX Runtime ms", "PyTorch eager ms", "ORT speed-up"],
                 [[r["batch"], r["onnxruntime_ms"], r["pytorch_eager_ms"], r["speedup"]] for r in alone])
+    print(f"\nThe floor: a bare grpc.aio unary call (health Check, no interceptors), {floor['clients']} "
+          f"concurrent callers, {floor['calls']:,} calls\n")
+    print_table(["calls/s", "server CPU ms per call", "client CPU ms per call"],
+                [[floor["calls_per_s"], floor["server_cpu_ms"], floor["client_cpu_ms"]]])
     write_json(args.out, {"benchmark": "serve", "domain": args.domain, "k": args.k,
                           "model_version": manifest.version, "load": load_rows, "closed_loop": closed_rows,
                           "settings": {k: v for k, v in os.environ.items() if k.startswith("SHIFTREC_INFERENCE")},
-                          "model_alone": alone})
+                          "model_alone": alone, "grpc_floor": floor})
 
 
 if __name__ == "__main__":
