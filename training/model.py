@@ -109,31 +109,23 @@ class CausalSelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """Output (B, L, D); with `last`, the last position's alone (B, 1, D): keys and values
+        from every position, the query and the projection only from the last."""
         B, L, D = x.shape
         H = self.n_heads
-        q, k, v = self.qkv(x).split(D, dim=2)  # each (B, L, D)
-        q = q.view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        if last:
+            q = F.linear(x[:, -1:], self.qkv.weight[:D], self.qkv.bias[:D])
+            k, v = F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:]).split(D, dim=2)
+        else:
+            q, k, v = self.qkv(x).split(D, dim=2)  # each (B, L, D)
+        Lq = q.shape[1]
+        q = q.view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k = k.view(B, L, H, D // H).transpose(1, 2)
         v = v.view(B, L, H, D // H).transpose(1, 2)
-        att = q @ k.transpose(-2, -1) / math.sqrt(D // H) + bias  # (B, H, L, L)
+        att = q @ k.transpose(-2, -1) / math.sqrt(D // H) + bias[:, :, -Lq:]  # (B, H, Lq, L)
         att = self.attn_drop(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(B, L, D)  # (B, L, D)
-        return self.resid_drop(self.proj(y))
-
-    def last(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """`forward`'s output at the last position alone (B, D): keys and values from every
-        position, the query and the projection only from the last."""
-        B, L, D = x.shape
-        H = self.n_heads
-        weight, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, -1:], weight[:D], b[:D]).view(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, D/H)
-        k, v = F.linear(x, weight[D:], b[D:]).split(D, dim=2)
-        k = k.view(B, L, H, D // H).transpose(1, 2)
-        v = v.view(B, L, H, D // H).transpose(1, 2)
-        att = q @ k.transpose(-2, -1) / math.sqrt(D // H) + bias[:, :, -1:]  # (B, H, 1, L)
-        att = self.attn_drop(F.softmax(att, dim=-1))
-        y = (att @ v).reshape(B, D)
+        y = (att @ v).transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
         return self.resid_drop(self.proj(y))
 
 
@@ -182,23 +174,18 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.dim)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """(B, L, D); with `last`, the last position's output alone (B, 1, D), for serving, which
+        reads only that position: the feed-forward, the query and the mixing run on one position."""
         u = self.ln1(x)
+        if last:
+            x = x[:, -1:]
         if self.filter is None:
-            x = x + self.attn(u, bias)
+            x = x + self.attn(u, bias, last)
         else:
-            x = x + (1.0 - self.alpha) * self.attn(u, bias) + self.alpha * self.filter(u, valid)
+            low = self.filter(u, valid)
+            x = x + (1.0 - self.alpha) * self.attn(u, bias, last) + self.alpha * (low[:, -1:] if last else low)
         return x + self.ffn(self.ln2(x))
-
-    def last(self, x: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """`forward`'s output at the last position alone (B, D), for serving, which reads only
-        that position: the feed-forward, the query and the mixing run on one position, not L."""
-        u = self.ln1(x)
-        if self.filter is None:
-            y = x[:, -1] + self.attn.last(u, bias)
-        else:
-            y = x[:, -1] + (1.0 - self.alpha) * self.attn.last(u, bias) + self.alpha * self.filter(u, valid)[:, -1]
-        return y + self.ffn(self.ln2(y))
 
 
 class ShiftRec(nn.Module):
@@ -294,33 +281,11 @@ class ShiftRec(nn.Module):
 
     def encode(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
-        table: "torch.Tensor | ItemTableT | GatheredRows",
+        table: "torch.Tensor | ItemTableT | GatheredRows", last: bool = False,
     ) -> torch.Tensor:
-        """Hidden states (B, L, D) for left-padded (B, L) inputs; position t sees events <= t."""
-        x, bias, valid = self._inputs(items, types, times, table)
-        for block in self.blocks:
-            x = block(x, bias, valid)
-        return self.ln_f(x)  # (B, L, D)
-
-    def encode_last(
-        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
-        table: "torch.Tensor | ItemTableT | GatheredRows",
-    ) -> torch.Tensor:
-        """`encode`'s last position (B, D), what serving reads, without computing the last
-        block at the positions before it."""
-        x, bias, valid = self._inputs(items, types, times, table)
-        if not len(self.blocks):
-            return self.ln_f(x[:, -1])
-        for block in self.blocks[:-1]:
-            x = block(x, bias, valid)
-        return self.ln_f(self.blocks[-1].last(x, bias, valid))  # (B, D)
-
-    def _inputs(
-        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
-        table: "torch.Tensor | ItemTableT | GatheredRows",
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first block's input (B, L, D), the attention bias (B, H or 1, L, L) and the
-        real-event mask (B, L)."""
+        """Hidden states (B, L, D) for left-padded (B, L) inputs; position t sees events <= t.
+        With `last`, the last position's alone (B, 1, D), what serving reads: the last block
+        then runs at that position only."""
         L = items.shape[1]
         valid = items > 0  # (B, L)
         positions = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=items.device)
@@ -342,7 +307,9 @@ class ShiftRec(nn.Module):
             pair_bias = self.time_bias(time_buckets(interval, self.cfg.n_time_buckets))  # (B, L, L, H)
             bias = bias + pair_bias.permute(0, 3, 1, 2)  # (B, H, L, L)
         x = self.emb_drop(self.emb_norm(x)) * valid[:, :, None]  # (B, L, D)
-        return x, bias, valid
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, valid, last=last and i == len(self.blocks) - 1)
+        return self.ln_f(x[:, -1:] if last else x)  # (B, L, D) or (B, 1, D)
 
     def window_mask(self, items: torch.Tensor) -> torch.Tensor:
         """(B, L, C+1) float, 1 where the category occurs among the last `shift_window` events up to
@@ -450,7 +417,7 @@ class ShiftRec(nn.Module):
         distribution's log category probabilities, delta (B, C+1) the per-category score change
         before `beta`."""
         table = self.item_table() if table is None else table  # (N+1, D), or an ItemTableT
-        h = self.encode_last(items, types, times, table)  # (B, D)
+        h = self.encode(items, types, times, table, last=True)[:, -1]  # (B, D)
         if isinstance(table, ItemTableT):
             base = (h @ table.t)[:, 1:]  # (B, N); the export's one copy of the table, (D, N+1)
         else:
@@ -488,7 +455,7 @@ class ShiftRec(nn.Module):
                     history_vectors: torch.Tensor) -> torch.Tensor:
         """The user states h (B, D) of `serve`, with the history's item-table rows (B, L, D) given
         instead of read from the table (a retrieval package's encoder carries no item table)."""
-        return self.encode_last(items, types, times, GatheredRows(history_vectors))
+        return self.encode(items, types, times, GatheredRows(history_vectors), last=True)[:, -1]
 
     def rank_candidates(self, h: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
                         candidate_vectors: torch.Tensor,

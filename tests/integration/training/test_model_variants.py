@@ -112,13 +112,13 @@ def test_sampled_softmax_builds_only_the_rows_it_uses_and_means_the_same():
 
 @pytest.mark.parametrize("over", [{}, VARIANTS["filter"], {"use_time": False}, {"use_types": False}, {"n_heads": 4}])
 def test_serving_reads_the_last_position_of_the_full_encoding(over):
-    """`encode_last` (what serve, the exported graphs and the evaluation read) equals the full
+    """`encode(..., last=True)` (what serve, the exported graphs and the evaluation read) equals the full
     encoding's last position, with left padding of different lengths in one batch."""
     model = small_model(**over)
     items, types, times = (torch.cat(parts) for parts in zip(*(sequence(n, 8, n) for n in (1, 3, 8))))
     with torch.no_grad():
         table = model.item_table()
         full = model.encode(items, types, times, table)[:, -1]
-        last = model.encode_last(items, types, times, table)
+        last = model.encode(items, types, times, table, last=True)[:, 0]
     torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
     assert not torch.allclose(last[0], last[1])  # the rows differ: the comparison is not vacuous
