@@ -3,7 +3,7 @@
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shared.errors import InvalidArgument
 from shared.model_package import N_EVENT_TYPES
@@ -27,9 +27,11 @@ class Outcome(enum.IntEnum):
     REJECTED = 3
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingEvent:
-    """An event as received, before validation; `occurred_at_us` is None when missing."""
+class IncomingEvent(NamedTuple):
+    """An event as received, before validation; `occurred_at_us` is None when missing.
+
+    Named tuples here and in EventResult: one of each per event, and a frozen dataclass's
+    constructor cost ~1.8 µs against ~0.4 µs."""
 
     event_id: str
     user_id: str
@@ -41,8 +43,7 @@ class IncomingEvent:
     value: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EventResult:
+class EventResult(NamedTuple):
     event_id: str
     outcome: Outcome
     reason: str = ""

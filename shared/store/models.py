@@ -1,6 +1,7 @@
 """Tables of the event store (SQLAlchemy 2.0 declarative). Timestamps are integer microseconds
 since the Unix epoch (UTC): exact, compact and compared the same way on SQLite and PostgreSQL."""
 
+import functools
 import hashlib
 
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, SmallInteger, String, Text
@@ -51,6 +52,7 @@ class ItemRow(Base):
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
 
 
+@functools.lru_cache(maxsize=65_536)  # every batch asks for the digests of its shoppers
 def user_digest(user_id: str) -> str:
     """How an erasure names its user: SHA-256 of the id (hex), never the id itself."""
     return hashlib.sha256(b"shiftrec-erasure\x00" + user_id.encode("utf-8")).hexdigest()
