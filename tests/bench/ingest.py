@@ -19,7 +19,7 @@ from app.processes import ServiceProcess
 from shared.clients import open_channel
 from shared.store import EventRecord, EventStore, create_store_engine, upgrade_schema
 from shiftrec.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-from tests.bench.common import print_table, write_json
+from tests.bench.common import cpu_seconds, print_table, write_json
 
 BASE_US = 1_700_000_000_000_000
 
@@ -109,8 +109,10 @@ def bulk_insert(engine, url: str, rows: list[tuple]) -> None:
             conn.exec_driver_sql(f"INSERT INTO events ({columns}) VALUES (?,?,?,?,?,?,?,?)", rows)
 
 
-def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> tuple[float, int]:
-    """Events/s through a real `shiftrec serve ingestion` process; returns (rate, stored)."""
+def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> tuple[float, float]:
+    """Events/s through a real `shiftrec serve ingestion` process, and the server's CPU
+    microseconds per event (user + system): what the service costs, apart from the box's
+    speed and what the clients take of it."""
     requests = [to_request(events[i : i + batch]) for i in range(0, len(events), batch)]
     accepted = [0] * clients
     env = {"SHIFTREC_DATABASE_URL": url}
@@ -122,13 +124,16 @@ def grpc_rate(url: str, events: list[EventRecord], batch: int, clients: int) -> 
                 for request in requests[n::clients]:
                     accepted[n] += stub.IngestEvents(request, timeout=60).accepted
 
+        cpu_before = cpu_seconds(server.proc.pid)
         elapsed = run_threads(client, clients)
+        cpu_after = cpu_seconds(server.proc.pid)
+    cpu_us = 1e6 * (cpu_after - cpu_before) / len(events) if cpu_before is not None and cpu_after is not None else float("nan")
     store = EventStore(create_store_engine(url))
     stored = store.count_events()
     store.engine.dispose()
     if stored != len(events) or sum(accepted) != len(events):
         raise RuntimeError(f"sent {len(events)}, acknowledged {sum(accepted)}, stored {stored}")
-    return len(events) / elapsed, stored
+    return len(events) / elapsed, cpu_us
 
 
 def fresh_postgres(server_url: str) -> tuple[str, callable]:
@@ -176,13 +181,14 @@ def main() -> None:
                 elif phase == "bulk":
                     measured["bulk"] = bulk_rate(url, events)
                 else:
-                    measured["grpc"], _ = grpc_rate(url, events, args.batch, args.clients)
+                    measured["grpc"], measured["server_cpu_us"] = grpc_rate(url, events, args.batch, args.clients)
             finally:
                 cleanup()
-        if len(measured) == 3:
+        if len(measured) == 4:
             results.append({
                 "database": backend,
                 "grpc_events_per_s": measured["grpc"],
+                "server_cpu_us_per_event": measured["server_cpu_us"],
                 "raw_insert_events_per_s": measured["raw"],
                 "bulk_events_per_s": measured["bulk"],
                 "grpc_over_raw": measured["grpc"] / measured["raw"],
@@ -191,9 +197,10 @@ def main() -> None:
     print(f"\n{args.events:,} events per run, batches of {args.batch}, {args.clients} concurrent clients, "
           f"{os.cpu_count()} CPUs\n")
     print_table(
-        ["database", "gRPC ev/s", "raw insert ev/s", "gRPC/raw", "bulk ev/s (COPY / executemany)", "gRPC/bulk"],
-        [[r["database"], r["grpc_events_per_s"], r["raw_insert_events_per_s"], r["grpc_over_raw"],
-          r["bulk_events_per_s"], r["grpc_over_bulk"]] for r in results],
+        ["database", "gRPC ev/s", "server CPU µs/event", "raw insert ev/s", "gRPC/raw",
+         "bulk ev/s (COPY / executemany)", "gRPC/bulk"],
+        [[r["database"], r["grpc_events_per_s"], r["server_cpu_us_per_event"], r["raw_insert_events_per_s"],
+          r["grpc_over_raw"], r["bulk_events_per_s"], r["grpc_over_bulk"]] for r in results],
     )
     write_json(args.out, {"benchmark": "ingest", "events": args.events, "batch": args.batch,
                           "clients": args.clients, "results": results})

@@ -25,7 +25,10 @@ def test_short_mixed_load_has_no_errors_and_loses_nothing(tiny_world, tmp_path: 
                   strategies=report["recommend_strategies"])
     assert report["errors"] == {}
     assert report["events"]["accepted"] == report["events"]["sent"] == report["events"]["stored_new"]
-    assert report["checks"]["every acknowledged event stored once"]
+    assert report["checks"]["every acknowledged event stored, nothing unsent"]
+    events = report["events"]
+    assert events["acknowledged_by_id"] == events["accepted"]  # the per-event record saw every reply
+    assert events["acknowledged_not_stored"] == events["stored_not_sent"] == events["stored_not_acknowledged"] == 0
     assert report["checks"]["services alive and stopped cleanly"]
     assert report["latency"]["Recommend"]["count"] >= SECONDS * 30 * 0.5  # the load did run
     assert (tmp_path / "soak.json").exists()

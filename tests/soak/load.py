@@ -50,6 +50,8 @@ class LoadResult:
     events_accepted: int = 0
     events_duplicate: int = 0
     events_rejected: int = 0
+    # one byte per event sent, in sending order (event serial - 1): 1 where its reply said ACCEPTED
+    acknowledged: bytes = b""
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # service -> (t, KiB)
 
     def errors(self) -> dict[str, int]:
@@ -137,6 +139,7 @@ async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str]
     latency: list[tuple[float, float]] = []
     codes: Counter[str] = Counter()
     counts: Counter[str] = Counter()
+    acknowledged = bytearray()  # per event serial - 1: 1 once its reply said ACCEPTED
     in_flight = _InFlight(config.max_in_flight, {"IngestEvents": codes})
     serial = 0
 
@@ -154,6 +157,7 @@ async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str]
                 occurred_at=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
                 platform="soak"))
         counts["sent"] += len(batch)
+        acknowledged.extend(bytes(len(batch)))
         return batch
 
     async with open_aio_channel(target) as channel:
@@ -167,6 +171,9 @@ async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str]
                                                   timeout=config.ingest_deadline_s)
                 code = "OK"
                 counts.update(accepted=reply.accepted, duplicates=reply.duplicates, rejected=reply.rejected)
+                for r in reply.results:
+                    if r.status == ingestion_pb2.EVENT_STATUS_ACCEPTED:
+                        acknowledged[event_serial(r.event_id) - 1] = 1
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
             codes[code] += 1
@@ -176,7 +183,12 @@ async def _ingest_stream(target: str, users: Sequence[str], items: Sequence[str]
         await _ticker(t0, config.seconds, config.events_per_second / config.batch_size,
                       lambda: in_flight.launch(ingest_batch(make_batch()), "IngestEvents"))
         await in_flight.drain(config.ingest_deadline_s + 5)
-    return {"latency": latency, "codes": dict(codes), "counts": dict(counts)}
+    return {"latency": latency, "codes": dict(codes), "counts": dict(counts), "acknowledged": bytes(acknowledged)}
+
+
+def event_serial(event_id: str) -> int:
+    """The serial (1, 2, …) in an event id the stream made: `{run_id}-{serial}`."""
+    return int(event_id.rsplit("-", 1)[1])
 
 
 def _run_ingest_stream(target: str, users: Sequence[str], items: Sequence[str], config: LoadConfig,
@@ -240,4 +252,5 @@ async def mixed_load(ingestion_target: str, inference_target: str, users: Sequen
     result.events_accepted = counts.get("accepted", 0)
     result.events_duplicate = counts.get("duplicates", 0)
     result.events_rejected = counts.get("rejected", 0)
+    result.acknowledged = stream["acknowledged"]
     return result

@@ -18,11 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from sqlalchemy import create_engine, text
+
 from app.simulator import DAY_US, StorefrontSimulator
 from shared.store import open_store
 from tests.bench.common import print_table, write_json
 from tests.reliability.helpers import Proc, publish_copy
-from tests.soak.load import LoadConfig, mixed_load
+from tests.soak.load import LoadConfig, event_serial, mixed_load
 
 TINY_MODEL = {"dim": 16, "n_layers": 1, "max_len": 20}
 
@@ -81,6 +84,26 @@ def count_events(database_url: str) -> int:
         store.engine.dispose()
 
 
+def stored_serials(database_url: str, run_id: str, sent: int) -> tuple[np.ndarray, int]:
+    """(one flag per event sent: stored or not, stored events whose serial was never sent)."""
+    stored = np.zeros(sent, dtype=bool)
+    strays = 0
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execution_options(yield_per=100_000).execute(
+                text("SELECT event_id FROM events WHERE event_id LIKE :prefix"), {"prefix": f"{run_id}-%"})
+            for (event_id,) in rows:
+                serial = event_serial(event_id)
+                if 1 <= serial <= sent:
+                    stored[serial - 1] = True
+                else:
+                    strays += 1
+    finally:
+        engine.dispose()
+    return stored, strays
+
+
 def soak(config: SoakConfig) -> dict[str, Any]:
     """Run the soak; returns the report (also written to `config.out`)."""
     workdir = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="shiftrec-soak-"))
@@ -104,9 +127,10 @@ def soak(config: SoakConfig) -> dict[str, Any]:
                 pids = {"ingestion": ingestion.pid, "features": features.pid, "inference": inference.pid}
                 print(f"load: Recommend {config.recommend_rps:g}/s + IngestEvents {config.events_per_second:g} "
                       f"events/s (batches of {config.batch_size}) for {seconds:g} s…", flush=True)
+                run_id = f"soak{int(time.time())}"
                 load = LoadConfig(recommend_rps=config.recommend_rps, events_per_second=config.events_per_second,
                                   batch_size=config.batch_size, seconds=seconds, deadline_s=config.deadline_s,
-                                  sample_seconds=config.sample_seconds, run_id=f"soak{int(time.time())}")
+                                  sample_seconds=config.sample_seconds, run_id=run_id)
                 result = asyncio.run(mixed_load(ingestion.target, inference.target, users, items, load, pids))
                 alive = {name: p.alive() for name, p in
                          (("ingestion", ingestion), ("features", features), ("inference", inference))}
@@ -114,6 +138,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
         exit_codes |= {"ingestion": ingestion.proc.returncode if ingestion.proc else None,
                        "features": features.proc.returncode if features.proc else None}
         stored = count_events(database_url)
+        stored_flags, strays = stored_serials(database_url, run_id, result.events_sent)
     finally:
         if not config.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -122,10 +147,15 @@ def soak(config: SoakConfig) -> dict[str, Any]:
     memory = result.memory_growth(window)
     latency = {rpc: result.percentiles(rpc) for rpc in ("Recommend", "IngestEvents")}
     errors = result.errors()
+    acknowledged = np.frombuffer(result.acknowledged, dtype=np.uint8).astype(bool)
+    lost = int((acknowledged & ~stored_flags).sum())
     checks = {
         "zero errors": not errors,
-        "every acknowledged event stored once": stored == seeded + result.events_accepted
-        and result.events_duplicate == 0 and result.events_rejected == 0,
+        # event by event: a call that timed out may still have committed (stored, never
+        # acknowledged; the errors check counts the call), but an acknowledged event must be there
+        "every acknowledged event stored, nothing unsent": not lost and not strays
+        and result.events_duplicate == 0 and result.events_rejected == 0
+        and stored == seeded + int(stored_flags.sum()),
         "services alive and stopped cleanly": all(alive.values()) and all(c == 0 for c in exit_codes.values()),
         f"memory growth <= {config.max_memory_growth_pct:g}% (first vs last {window:g} s)":
             all(m["growth_pct"] <= config.max_memory_growth_pct for m in memory.values()),
@@ -151,7 +181,9 @@ def soak(config: SoakConfig) -> dict[str, Any]:
         "recommend_fallback_pct": fallback_pct,
         "events": {"sent": result.events_sent, "accepted": result.events_accepted,
                    "duplicates": result.events_duplicate, "rejected": result.events_rejected,
-                   "stored_new": stored - seeded, "rate_per_s": result.events_accepted / max(result.load_s, 1e-9)},
+                   "stored_new": stored - seeded, "rate_per_s": result.events_accepted / max(result.load_s, 1e-9),
+                   "acknowledged_by_id": int(acknowledged.sum()), "acknowledged_not_stored": lost, "stored_not_sent": strays,
+                   "stored_not_acknowledged": int((stored_flags & ~acknowledged).sum())},
         "memory": memory,
         "memory_window_s": window,
         "rss_samples": {name: [(round(t, 1), kib) for t, kib in samples] for name, samples in result.rss.items()},
@@ -175,7 +207,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"Recommend strategies: {report['recommend_strategies']} "
           f"(fallback {report['recommend_fallback_pct']:.1f}%)")
     print(f"events: sent {events['sent']:,}  accepted {events['accepted']:,}  stored {events['stored_new']:,}  "
-          f"({events['rate_per_s']:,.0f}/s)")
+          f"({events['rate_per_s']:,.0f}/s); acknowledged but not stored {events['acknowledged_not_stored']:,}, "
+          f"stored but never acknowledged (the call failed, e.g. past its deadline, after the commit) "
+          f"{events['stored_not_acknowledged']:,}")
     print_table(["service", "RSS first MiB", "RSS last MiB", "growth %", "samples"],
                 [[name, m["first_mib"], m["last_mib"], m["growth_pct"], m["samples"]]
                  for name, m in report["memory"].items()])
