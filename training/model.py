@@ -459,25 +459,34 @@ class ShiftRec(nn.Module):
 
     def rank_candidates(self, h: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
                         candidate_vectors: torch.Tensor,
-                        mass: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                        mass: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                        ) -> torch.Tensor:
         """`serve`'s migration-aware scores (B, M) of M candidate items per row (0-based columns,
         their item-table rows (B, M, D) given). The re-weighting needs the next-item distribution
         summed per category; without `mass` it is taken over the candidates alone (with every
         item a candidate this is `serve`'s scores exactly). With `mass` = (vectors (S, D),
-        categories (S,), weights (S,)), a fixed per-category sample of the catalogue, each weighted
-        by the items it stands for, adds the rest of each category's share (an estimate: the
-        tail a top-M leaves out holds most of a category's mass in a large catalogue)."""
+        categories (S,), weights (S,), slots (N,)), a fixed per-category sample of the catalogue,
+        each weighted by the items it stands for, adds the rest of each category's share (an
+        estimate: the tail a top-M leaves out holds most of a category's mass in a large
+        catalogue). `slots` gives each catalogue column's place in the sample (-1: not sampled):
+        a sampled item that is also a candidate is counted once, as a candidate, and left out of
+        the sample's term, so that the sample estimates only what the candidates do not cover
+        (counting the head twice pulled the shares toward the candidates' categories)."""
         base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
         cats = self.item_cat[candidates + 1]  # (B, M)
         zeros = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device)
         if mass is None:
             item_cat_p = zeros.scatter_add(1, cats, F.softmax(base, dim=-1))  # (B, C+1)
         else:
-            vectors, mass_cats, weights = mass
+            vectors, mass_cats, weights, slots = mass
             extra = h @ vectors.T  # (B, S)
+            sampled = slots[candidates]  # (B, M): each candidate's place in the sample, -1 if none
+            n_sample = extra.shape[1]
+            hit = torch.zeros(extra.shape[0], n_sample + 1, device=base.device).scatter(
+                1, torch.where(sampled >= 0, sampled, n_sample), 1.0)[:, :n_sample]  # (B, S)
             top = torch.maximum(base.max(-1, keepdim=True).values, extra.max(-1, keepdim=True).values)
             item_cat_p = zeros.scatter_add(1, cats, torch.exp(base - top)).scatter_add(
-                1, mass_cats.expand_as(extra), weights * torch.exp(extra - top))
+                1, mass_cats.expand_as(extra), (1.0 - hit) * weights * torch.exp(extra - top))
             item_cat_p = item_cat_p / item_cat_p.sum(-1, keepdim=True)  # (B, C+1)
         delta = self.migrate(h, items, item_cat_p)["delta"]
         return base + self.beta * delta.gather(1, cats)

@@ -45,19 +45,21 @@ class Entry(nn.Module):
 class RankWithMass(nn.Module):
     """`rank_candidates` with the package's per-category sample baked in as constants."""
 
-    def __init__(self, model: ShiftRec, vectors: torch.Tensor, categories: torch.Tensor,
-                 weights: torch.Tensor) -> None:
+    def __init__(self, model: ShiftRec, table: np.ndarray, columns: np.ndarray, weights: np.ndarray) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("vectors", vectors)
-        self.register_buffer("categories", categories)
-        self.register_buffer("weights", weights)
+        self.register_buffer("vectors", torch.from_numpy(table[columns]))
+        self.register_buffer("categories", model.item_cat[1:][torch.from_numpy(columns)])
+        self.register_buffer("weights", torch.from_numpy(weights))
+        slots = np.full(len(table), -1, dtype=np.int64)
+        slots[columns] = np.arange(len(columns))
+        self.register_buffer("slots", torch.from_numpy(slots))  # each column's place in the sample
         self.eval()
 
     def forward(self, user: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor,
                 candidate_vectors: torch.Tensor) -> torch.Tensor:
         return self.model.rank_candidates(user, items, candidates, candidate_vectors,
-                                          mass=(self.vectors, self.categories, self.weights))
+                                          mass=(self.vectors, self.categories, self.weights, self.slots))
 
 
 def mass_sample(item_cat: np.ndarray, budget: int = MASS_SAMPLE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +94,7 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray
     ranker: nn.Module = Entry(model, "rank_candidates")
     if table is not None:
         columns, weights = mass_sample(model.item_cat[1:].numpy())
-        ranker = RankWithMass(model, torch.from_numpy(table[columns]),
-                              model.item_cat[1:][torch.from_numpy(columns)], torch.from_numpy(weights))
+        ranker = RankWithMass(model, table, columns, weights)
     trace_to_onnx(ranker, (torch.randn(2, d, generator=g), items, candidates, torch.randn(2, 3, d, generator=g)),
             staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, (pkg.OUTPUT_CANDIDATE_SCORES,),
             {n: {0: "batch"} for n in (pkg.OUTPUT_USER_REPR, pkg.INPUT_ITEM_IDS)}
