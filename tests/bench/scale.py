@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,7 @@ def store_growth(backend: str, sizes: tuple[int, ...], args: argparse.Namespace)
     storefront = ScaleStorefront(items_n=args.store_items, events_n=max(sizes), seed=args.seed)
     newcomers = ScaleStorefront(items_n=args.store_items, events_n=args.probe_events * (len(sizes) + 2),
                                 seed=args.seed + 1)  # the probes: other shoppers, so never duplicates
-    probes = [[replace(e, event_id=f"p{e.event_id}", user_id=f"p{e.user_id}") for e in batch]
+    probes = [[e._replace(event_id=f"p{e.event_id}", user_id=f"p{e.user_id}") for e in batch]
               for batch in chunks(newcomers.events(), args.probe_events)]
     with tempfile.TemporaryDirectory(prefix="shiftrec-bench-scale-") as tmp:
         if backend == "sqlite":
