@@ -64,6 +64,9 @@ class ModelConfig:
     n_categories: int = 0  # category vocabulary size, set from the data (category index 0 = padding)
     n_event_types: int = N_EVENT_TYPES  # 0 padding, then shiftrec.v1.EventType
     max_len: int = 50  # events seen per user; the fixed ONNX input length
+    positions: str = "end"  # position embedding index: "end" = slot in the left-padded window (the
+    # last event always at max_len - 1, as SASRec); "start" = events before it in the row, so a
+    # position trained on sees exactly what the same prefix would at serving; "none" = no embedding
     dim: int = 128  # hidden size D (with text, 128 beat 64 on Beauty: README, The model)
     n_layers: int = 2
     n_heads: int = 1
@@ -208,6 +211,8 @@ class ShiftRec(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, D, padding_idx=0)
         known = torch.ones(cfg.n_items + 1, dtype=torch.bool) if item_known is None else item_known
         self.register_buffer("id_mask", known.to(torch.float32)[:, None].clone(), persistent=True)  # (N+1, 1)
+        if cfg.positions not in ("end", "start", "none"):
+            raise ValueError(f"positions must be 'end', 'start' or 'none', not {cfg.positions!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
         if cfg.use_tags:
             # mean of the item's tag embeddings; padding tags are left out of the mean
@@ -288,8 +293,11 @@ class ShiftRec(nn.Module):
         then runs at that position only."""
         L = items.shape[1]
         valid = items > 0  # (B, L)
-        positions = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=items.device)
-        x = _rows(table, items) + self.pos_emb(positions)  # (B, L, D); positions count back from the end
+        x = _rows(table, items)  # (B, L, D)
+        if self.cfg.positions == "end":  # the slot in the window: positions count back from the end
+            x = x + self.pos_emb(torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=items.device))
+        elif self.cfg.positions == "start":  # events before this one in the row: 0 for the first
+            x = x + self.pos_emb((torch.cumsum(valid.to(torch.int64), dim=1) - 1).clamp_min(0))
         if self.cfg.use_types:
             x = x + self.type_emb(types)
         idx = torch.arange(L, device=items.device)

@@ -26,6 +26,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled decay; dropout does the regularising here
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping (the default
     # model peaks early on Beauty; its best epochs are in the README)
+    plateau_decay: float = 1.0  # after an epoch that does not beat the best validation NDCG@10, the
+    # learning rate is multiplied by this (1 = constant learning rate)
     max_minutes: float = 18.0  # wall-clock budget for the loop (one run's 20-minute goal, README)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -141,7 +143,7 @@ def train(
         greater, ties = evaluation.ranks(valid_set, torch_scorer(model, device))  # this epoch's weights
         valid = evaluation.metrics.ranking_metrics(greater, ties, (10,))
         row = {"epoch": epoch, "loss": total / max(n_batches, 1), "valid_NDCG@10": valid["NDCG@10"],
-               "valid_HR@10": valid["HR@10"], "epoch_seconds": train_seconds,
+               "valid_HR@10": valid["HR@10"], "epoch_seconds": train_seconds, "lr": optimizer.param_groups[0]["lr"],
                "elapsed_seconds": time.perf_counter() - started}
         result.history.append(row)
         if on_epoch is not None:
@@ -151,6 +153,8 @@ def train(
             best_state, bad_epochs = copy.deepcopy(model.state_dict()), 0
         else:
             bad_epochs += 1
+            for group in optimizer.param_groups:
+                group["lr"] *= train_cfg.plateau_decay
         bar.set_postfix(loss=f"{row['loss']:.4f}", val_ndcg10=f"{valid['NDCG@10']:.4f}",
                         best=f"{result.best_valid_ndcg10:.4f}@{result.best_epoch}")
         bar.total = min(train_cfg.epochs, result.best_epoch + train_cfg.patience)

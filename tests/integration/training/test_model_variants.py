@@ -15,7 +15,8 @@ from training.train import RunOptions, TrainConfig, main, train
 from .conftest import TINY
 
 VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3},
-            "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0}}
+            "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0},
+            "start_positions": {"positions": "start"}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -56,6 +57,30 @@ def test_the_filter_ignores_left_padding():
         full = model.score(items, types, times)[0]
         trimmed = model.score(items[:, -4:], types[:, -4:], times[:, -4:])[0]
     torch.testing.assert_close(full, trimmed)
+
+
+@pytest.mark.parametrize("positions", ["start", "none"])
+def test_with_positions_from_the_start_each_position_sees_what_its_prefix_would_at_serving(positions):
+    """Training reads every position of a sequence; serving reads the last position of a prefix.
+    With positions counted from the row's first event (or none) the two are the same numbers; with
+    window slots counted back from the end they are not (an earlier position knows how many events
+    follow it)."""
+    models = {p: small_model(positions=p, **VARIANTS["filter"]) for p in (positions, "end")}
+    items, types, times = sequence(6, 8)
+    with torch.no_grad():
+        for p, model in models.items():
+            table = model.item_table()
+            full = model.encode(items, types, times, table)[0]
+            for n in range(1, 7):  # the prefix of n events, left-padded to the same width
+                prefix = [torch.nn.functional.pad(a[:, -6 : -6 + n or None], (8 - n, 0)) for a in (items, types, times)]
+                served = model.encode(*prefix, table, last=True)[0, 0]
+                same = torch.allclose(served, full[-7 + n], atol=1e-5)
+                assert same == (p != "end") or n == 6, (p, n)
+
+
+def test_unknown_positions_are_refused():
+    with pytest.raises(ValueError, match="positions"):
+        small_model(positions="middle")
 
 
 def test_the_contrastive_term_changes_training_only():

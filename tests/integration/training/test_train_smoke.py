@@ -89,6 +89,18 @@ def test_training_is_deterministic_under_a_seed(tiny):
     assert a.history[0]["loss"] != c.history[0]["loss"]
 
 
+def test_the_learning_rate_decays_after_each_epoch_that_does_not_improve(tiny):
+    result = train(tiny, ModelConfig(**TINY), TrainConfig(epochs=8, patience=8, lr=1e-2, plateau_decay=0.5,
+                                                          device="cpu"), progress=False)
+    lr, best = 1e-2, 0.0
+    for row in result.history:  # each row: the rate its epoch trained with
+        assert row["lr"] == lr, row
+        if row["valid_NDCG@10"] <= best:
+            lr *= 0.5
+        best = max(best, row["valid_NDCG@10"])
+    assert result.history[-1]["lr"] < 1e-2  # some epoch did not improve: the check was not vacuous
+
+
 def test_store_and_files_give_the_same_training(tiny_dir, tiny, tmp_path):
     from shared.datasets import read_s3rec, s3rec_events, s3rec_items
     from shared.store import EventStore, create_store_engine, upgrade_schema
