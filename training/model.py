@@ -92,6 +92,9 @@ class ModelConfig:
     filter_alpha: float = 0.7  # weight of the causal frequency branch beside attention (0 = none);
     # 0.7 with window 3 led a 9-config sweep on validation in both Amazon domains (training/RESULTS.md)
     filter_window: int = 3  # its low-pass: the mean of the last `filter_window` events
+    filter_learned: bool = False  # the low-pass taps learned per channel (a causal depthwise
+    # convolution started at that mean; WEARec's learned filter, causal) instead of fixed
+    label_smoothing: float = 0.0  # share of each next-item target spread over the whole catalogue
     cl_weight: float = 0.0  # contrastive regulariser: two dropout views of each sequence (0 = none)
     cl_temp: float = 1.0  # its softmax temperature
 
@@ -155,11 +158,19 @@ class CausalFilter(nn.Module):
         super().__init__()
         self.window = cfg.filter_window
         self.sqrt_beta = nn.Parameter(torch.ones(cfg.dim))
+        # with `filter_learned`, each channel's taps over the last `window` events (oldest first),
+        # started at the moving average's 1 / window
+        self.taps = nn.Parameter(torch.full((cfg.dim, 1, cfg.filter_window), 1.0 / cfg.filter_window)) \
+            if cfg.filter_learned else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = x * valid[:, :, None]  # (B, L, D); padding never enters a real position's average
-        low = F.avg_pool1d(F.pad(x.transpose(1, 2), (self.window - 1, 0)), self.window, stride=1)
+        past = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # (B, D, window - 1 + L)
+        if self.taps is None:
+            low = F.avg_pool1d(past, self.window, stride=1)
+        else:
+            low = F.conv1d(past, self.taps, groups=x.shape[2])
         low = low.transpose(1, 2)  # (B, L, D)
         return self.drop(low + self.sqrt_beta**2 * (x - low))
 
@@ -213,6 +224,9 @@ class ShiftRec(nn.Module):
         self.register_buffer("id_mask", known.to(torch.float32)[:, None].clone(), persistent=True)  # (N+1, 1)
         if cfg.positions not in ("end", "start", "none"):
             raise ValueError(f"positions must be 'end', 'start' or 'none', not {cfg.positions!r}")
+        if cfg.label_smoothing and (cfg.loss != "ce" or not 0 < cfg.label_smoothing < 1):
+            raise ValueError(f"label_smoothing must be in [0, 1) and needs loss 'ce', not "
+                             f"{cfg.label_smoothing!r} with {cfg.loss!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
         if cfg.use_tags:
             # mean of the item's tag embeddings; padding tags are left out of the mean
@@ -365,7 +379,10 @@ class ShiftRec(nn.Module):
             hs = h[mask]  # (P, D)
             logits = hs @ table.T  # (P, N+1)
             logits[:, 0] = NEG_INF  # never predict padding
-            loss = F.cross_entropy(logits, y)
+            if self.cfg.label_smoothing > 0:  # spread over real items only (padding's logit is -1e9)
+                loss = F.cross_entropy(logits[:, 1:], y - 1, label_smoothing=self.cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, y)
         else:
             # sampled softmax: the positive against negatives shared by the batch (uniform, so the
             # logQ correction is a constant); a negative that happens to be the positive is masked.

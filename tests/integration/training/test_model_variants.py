@@ -16,7 +16,9 @@ from .conftest import TINY
 
 VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3},
             "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0},
-            "start_positions": {"positions": "start"}}
+            "start_positions": {"positions": "start"},
+            "learned_filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": True},
+            "label_smoothing": {"label_smoothing": 0.1}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -37,8 +39,20 @@ def sequence(length: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]
     return items, types, times
 
 
-def test_the_filter_is_causal():
-    model = small_model(**VARIANTS["filter"])
+def unsettle(model: ShiftRec) -> None:
+    """Taps away from their starting mean and beta away from 1 (where the filter passes its input
+    through whatever the taps), so that every tap reaches the output."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.filter.taps.uniform_(0.1, 1.0)
+            block.filter.sqrt_beta.fill_(0.5)
+
+
+@pytest.mark.parametrize("variant", ["filter", "learned_filter"])
+def test_the_filter_is_causal(variant):
+    model = small_model(**VARIANTS[variant])
+    if variant == "learned_filter":
+        unsettle(model)
     items, types, times = sequence(6, 8)
     changed = items.clone()
     changed[0, -1] = 1 + changed[0, -1] % 20  # a different last event
@@ -50,8 +64,11 @@ def test_the_filter_is_causal():
     assert not torch.allclose(a[:, -1], b[:, -1])  # the last one does
 
 
-def test_the_filter_ignores_left_padding():
-    model = small_model(**VARIANTS["filter"])
+@pytest.mark.parametrize("variant", ["filter", "learned_filter"])
+def test_the_filter_ignores_left_padding(variant):
+    model = small_model(**VARIANTS[variant])
+    if variant == "learned_filter":
+        unsettle(model)
     items, types, times = sequence(4, 8)
     with torch.no_grad():
         full = model.score(items, types, times)[0]
@@ -76,6 +93,43 @@ def test_with_positions_from_the_start_each_position_sees_what_its_prefix_would_
                 served = model.encode(*prefix, table, last=True)[0, 0]
                 same = torch.allclose(served, full[-7 + n], atol=1e-5)
                 assert same == (p != "end") or n == 6, (p, n)
+
+
+def test_learned_taps_start_as_the_moving_average():
+    fixed, learned = small_model(**VARIANTS["filter"]), small_model(**VARIANTS["learned_filter"])
+    assert learned.load_state_dict(fixed.state_dict(), strict=False).missing_keys == \
+        [f"blocks.{i}.filter.taps" for i in range(2)]
+    items, types, times = sequence(6, 8)
+    with torch.no_grad():
+        for model in (fixed, learned):  # beta away from 1, where the filter's output is its input
+            for block in model.blocks:
+                block.filter.sqrt_beta.fill_(0.5)
+        torch.testing.assert_close(learned.score(items, types, times)[0], fixed.score(items, types, times)[0])
+        learned.blocks[1].filter.taps[:, 0, -1] += 0.5  # a learned tap moves the scores
+        assert not torch.allclose(learned.score(items, types, times)[0], fixed.score(items, types, times)[0])
+
+
+def test_label_smoothing_spreads_the_target_over_real_items_only():
+    model = small_model(label_smoothing=0.1, shift_weight=0.0)
+    items, types, times = sequence(6, 8)
+    targets = torch.roll(items, -1, dims=1)
+    targets[0, -1] = 3
+    targets[items == 0] = 0
+    with torch.no_grad():
+        got = model.loss(items, types, times, targets)
+        table = model.item_table()
+        logp = torch.log_softmax(model.encode(items, types, times, table)[targets > 0] @ table[1:].T, dim=-1)
+        y = targets[targets > 0] - 1
+        want = (0.9 * -logp.gather(1, y[:, None]).squeeze(1) + 0.1 * -logp.mean(-1)).mean()
+    torch.testing.assert_close(got, want)
+    assert float(got) < 1e3  # padding's -1e9 logit is not in the spread
+
+
+@pytest.mark.parametrize("over", [{"label_smoothing": 1.0}, {"label_smoothing": -0.1},
+                                  {"label_smoothing": 0.1, "loss": "sampled"}])
+def test_bad_label_smoothing_is_refused(over):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        small_model(**over)
 
 
 def test_unknown_positions_are_refused():
