@@ -8,10 +8,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training import evaluation
 from training.data import HOLDOUT_TEST, Inputs, SequenceData, eval_set, training_arrays
@@ -28,6 +29,8 @@ class TrainConfig:
     # model peaks early on Beauty; its best epochs are in the README)
     plateau_decay: float = 0.5  # after an epoch that does not beat the best validation NDCG@10, the
     # learning rate is multiplied by this (1 = constant learning rate)
+    ema: float = 0.0  # > 0: validation, early stopping and the package use an exponential moving
+    # average of the weights, updated after every step with this decay (0 = the weights themselves)
     max_minutes: float = 18.0  # wall-clock budget for the loop (one run's 20-minute goal, README)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -118,6 +121,11 @@ def train(
         load_warm_start(model, warm_start, data)
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if not 0 <= train_cfg.ema < 1:
+        raise ValueError(f"ema must be in [0, 1), not {train_cfg.ema!r}")
+    # the buffers are constants of the catalogue (copied once, not averaged)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema)) if train_cfg.ema > 0 else None
+    judged = model if ema is None else cast(ShiftRec, ema.module)  # the weights validation reads
 
     # loop
     result = Trained(model, model_cfg, train_cfg, device=str(device))
@@ -138,9 +146,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += float(loss.detach())
         train_seconds = time.perf_counter() - t0
-        greater, ties = evaluation.ranks(valid_set, torch_scorer(model, device))  # this epoch's weights
+        greater, ties = evaluation.ranks(valid_set, torch_scorer(judged, device))  # this epoch's weights
         valid = evaluation.metrics.ranking_metrics(greater, ties, (10,))
         row = {"epoch": epoch, "loss": total / max(n_batches, 1), "valid_NDCG@10": valid["NDCG@10"],
                "valid_HR@10": valid["HR@10"], "epoch_seconds": train_seconds, "lr": optimizer.param_groups[0]["lr"],
@@ -150,7 +160,7 @@ def train(
             on_epoch(row)
         if valid["NDCG@10"] > result.best_valid_ndcg10:
             result.best_valid_ndcg10, result.best_epoch = valid["NDCG@10"], epoch
-            best_state, bad_epochs = copy.deepcopy(model.state_dict()), 0
+            best_state, bad_epochs = copy.deepcopy(judged.state_dict()), 0
         else:
             bad_epochs += 1
             for group in optimizer.param_groups:

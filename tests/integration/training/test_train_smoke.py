@@ -101,6 +101,36 @@ def test_the_learning_rate_decays_after_each_epoch_that_does_not_improve(tiny):
     assert result.history[-1]["lr"] < 1e-2  # some epoch did not improve: the check was not vacuous
 
 
+def test_with_ema_the_package_holds_the_moving_average_of_the_steps(tiny):
+    """The run with `ema` trains exactly as without (same steps); what it keeps is the average
+    after each step, e = d * e + (1 - d) * w, started at the first step's weights."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps: list[list[torch.Tensor]] = []  # every parameter after each step, in the model's order
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps.append([p.detach().clone() for p in opt.param_groups[0]["params"]]))
+    try:
+        plain = train(tiny, ModelConfig(**TINY), TrainConfig(epochs=1, batch_size=8, device="cpu"), progress=False)
+    finally:
+        hook.remove()
+    averaged = train(tiny, ModelConfig(**TINY), TrainConfig(epochs=1, batch_size=8, device="cpu", ema=0.9),
+                     progress=False)
+    assert averaged.history[0]["loss"] == plain.history[0]["loss"]  # the same training
+    assert averaged.best_epoch == 1 and len(steps) > 2
+    for i, got in enumerate(averaged.model.parameters()):
+        want = steps[0][i]
+        for step in steps[1:]:
+            want = 0.9 * want + 0.1 * step[i]
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(averaged.model.item_emb.weight, plain.model.item_emb.weight, atol=1e-4)
+
+
+@pytest.mark.parametrize("ema", [1.0, -0.5])
+def test_bad_ema_is_refused(tiny, ema):
+    with pytest.raises(ValueError, match="ema"):
+        train(tiny, ModelConfig(**TINY), TrainConfig(epochs=1, device="cpu", ema=ema), progress=False)
+
+
 def test_store_and_files_give_the_same_training(tiny_dir, tiny, tmp_path):
     from shared.datasets import read_s3rec, s3rec_events, s3rec_items
     from shared.store import EventStore, create_store_engine, upgrade_schema
