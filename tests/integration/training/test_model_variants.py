@@ -14,7 +14,7 @@ from training.train import RunOptions, TrainConfig, main, train
 
 from .conftest import TINY
 
-VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3},
+VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": False},
             "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0},
             "start_positions": {"positions": "start"},
             "learned_filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": True},
