@@ -92,7 +92,7 @@ class ModelConfig:
     n_negatives: int = 2048  # uniform negatives shared by a batch when loss == "sampled"
     filter_alpha: float = 0.7  # weight of the causal frequency branch beside attention (0 = none);
     # 0.7 with window 3 led a 9-config sweep on validation in both Amazon domains (training/RESULTS.md)
-    filter_window: int = 3  # its low-pass: the mean of the last `filter_window` events
+    filter_window: int = 3  # its low-pass spans the last `filter_window` events
     filter_learned: bool = True  # the low-pass taps learned per channel (a causal depthwise
     # convolution started at that mean; WEARec's learned filter, causal) instead of fixed
     label_smoothing: float = 0.0  # share of each next-item target spread over the whole catalogue

@@ -103,6 +103,8 @@ def train(
     warm_start: dict[str, Any] | None = None,
 ) -> Trained:
     # setup
+    if not 0 <= train_cfg.ema < 1:
+        raise ValueError(f"ema must be in [0, 1), not {train_cfg.ema!r}")
     torch.manual_seed(train_cfg.seed)
     torch.set_num_threads(train_cfg.threads)
     rng = np.random.default_rng(train_cfg.seed)
@@ -121,9 +123,8 @@ def train(
         load_warm_start(model, warm_start, data)
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    if not 0 <= train_cfg.ema < 1:
-        raise ValueError(f"ema must be in [0, 1), not {train_cfg.ema!r}")
-    # the buffers are constants of the catalogue (copied once, not averaged)
+    # the buffers are constants of the catalogue (copied once, not averaged; with a large
+    # catalogue's text table that copy is the memory `ema` costs)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema)) if train_cfg.ema > 0 else None
     judged = model if ema is None else cast(ShiftRec, ema.module)  # the weights validation reads
 
