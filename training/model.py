@@ -81,6 +81,8 @@ class ModelConfig:
     use_text: bool = True  # item text vectors (better on Beauty; cross-domain transfer; cold-start
     # items). Items without a title get the zero vector, so title-less data trains as without text
     text_dim: int = 384  # width of those vectors
+    text_layers: int = 1  # 1: a linear projection of the text vector; 2: two bias-free layers with a
+    # GELU between (a bias-free MLP keeps an untitled item's zero vector at zero)
     id_dropout: float = 0.0  # training: share of items whose id embedding is hidden per batch, so
     # that the content part alone learns to place an item (what a cold-start item has)
     shift_window: int = 5  # events whose categories are "where the shopper is" for P(move)
@@ -236,7 +238,13 @@ class ShiftRec(nn.Module):
         if cfg.use_text:
             if item_text is None or tuple(item_text.shape) != (cfg.n_items + 1, cfg.text_dim):
                 raise ValueError(f"use_text needs item_text of shape ({cfg.n_items + 1}, {cfg.text_dim})")
-            self.text_proj = nn.Linear(cfg.text_dim, D, bias=False)
+            if cfg.text_layers == 1:
+                self.text_proj: nn.Module = nn.Linear(cfg.text_dim, D, bias=False)
+            elif cfg.text_layers == 2:
+                self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, D, bias=False), nn.GELU(),
+                                               nn.Linear(D, D, bias=False))
+            else:
+                raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
             self.register_buffer("item_text", item_text.to(torch.float32).clone(), persistent=True)
         if cfg.use_types:
             self.type_emb = nn.Embedding(cfg.n_event_types, D, padding_idx=0)

@@ -18,7 +18,8 @@ VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned"
             "contrastive": {"cl_weight": 0.1, "cl_temp": 1.0},
             "start_positions": {"positions": "start"},
             "learned_filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": True},
-            "label_smoothing": {"label_smoothing": 0.1}}
+            "label_smoothing": {"label_smoothing": 0.1},
+            "text_mlp": {"text_layers": 2}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -130,6 +131,28 @@ def test_label_smoothing_spreads_the_target_over_real_items_only():
 def test_bad_label_smoothing_is_refused(over):
     with pytest.raises(ValueError, match="label_smoothing"):
         small_model(**over)
+
+
+def test_two_text_layers_keep_an_untitled_item_at_its_id_and_tags():
+    torch.manual_seed(0)
+    text = torch.randn(21, 6)
+    text[[0, 5]] = 0.0  # padding and an item without a title
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, text_dim=6, text_layers=2)
+    model = ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_text=text).eval()
+    with torch.no_grad():
+        table = model.item_table()
+        content = model.text_proj(model.item_text)
+    assert float(table[0].abs().max()) == 0.0  # padding stays the zero row
+    assert float(content[5].abs().max()) == 0.0  # no title: nothing added to its id and tags
+    assert float(content[1].abs().max()) > 0.0  # a title: a text part
+    assert isinstance(model.text_proj[1], torch.nn.GELU)
+
+
+@pytest.mark.parametrize("layers", [0, 3])
+def test_bad_text_layers_are_refused(layers):
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, text_dim=6, text_layers=layers)
+    with pytest.raises(ValueError, match="text_layers"):
+        ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_text=torch.randn(21, 6))
 
 
 def test_unknown_positions_are_refused():
