@@ -28,12 +28,30 @@ MIGRATION = ("AUC_move", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved")
 BASELINES = "baselines"
 
 
-def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...],
+def seed_list(text: str) -> list[int]:
+    """`--seeds`: a count N (seeds 0 … N-1), a range "a-b" (inclusive) or a list "1,2"."""
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.strip()[1:]:
+            a, b = text.split("-")
+            seeds = list(range(int(a), int(b) + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds: a count, a range a-b or a list a,b; not {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds: distinct seeds >= 0, at least one; not {text!r}")
+    return seeds
+
+
+def plan(datasets: str, domains: list[str], seeds: int | list[int], variants: tuple[str, ...],
          overrides: dict[str, Any], threads: int, epochs: int | None = None,
          device: str = "auto", ablation_seeds: int | None = None, categories: str = "fine",
          grid: dict[str, dict[str, Any]] | None = None, baselines: bool = True) -> list[dict[str, Any]]:
-    """Per domain: one baselines task (unless `baselines` is False) and `seeds` runs of each
-    variant (`ablation_seeds` of the ablation, when given). A variant is "model" (the default
+    """Per domain: one baselines task (unless `baselines` is False) and a run of each variant per
+    seed (`seeds`: a count from 0, or the seeds themselves; the ablation's first `ablation_seeds`
+    of them, when given). A variant is "model" (the default
     config), "ablation", or a name in `grid`, whose config overrides it adds."""
     grid = grid or {}
     unknown = set(variants) - {"model", "ablation"} - set(grid)
@@ -45,9 +63,9 @@ def plan(datasets: str, domains: list[str], seeds: int, variants: tuple[str, ...
         if baselines:
             tasks.append({"name": f"{domain}-{BASELINES}", "domain": domain, "spec": spec, "variant": BASELINES,
                           "seed": 0, "categories": categories})
-        for seed in range(seeds):
+        for n, seed in enumerate(range(seeds) if isinstance(seeds, int) else seeds):
             for variant in variants:
-                if variant == "ablation" and ablation_seeds is not None and seed >= ablation_seeds:
+                if variant == "ablation" and ablation_seeds is not None and n >= ablation_seeds:
                     continue
                 over = overrides | (ABLATION if variant == "ablation" else {}) | grid.get(variant, {})
                 tasks.append({"name": f"{domain}-{variant}-{seed}", "domain": domain, "spec": spec,
@@ -142,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", default="Beauty,Sports_and_Outdoors")
     parser.add_argument("--categories", default="fine", choices=("fine", "coarse"),
                         help="category granularity of the migration columns (Amazon files)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("3"),
+                        help="a count N (seeds 0 … N-1), a range a-b or a list a,b: the runs to add to a kept report")
     parser.add_argument("--ablation-seeds", type=int, help="seeds of the ablation (default: --seeds)")
     parser.add_argument("--variants", default="model,ablation",
                         help="comma-separated: model, ablation and/or names from --grid")

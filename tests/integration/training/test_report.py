@@ -104,6 +104,22 @@ def test_the_plan_runs_fewer_ablation_seeds_when_asked():
     assert ablation["spec"].endswith("amazon/A") and ablation["spec"].startswith("s3rec:")
 
 
+def test_the_plan_adds_chosen_seeds_to_a_kept_report():
+    assert report.seed_list("3") == [0, 1, 2]
+    assert report.seed_list("1-2") == report.seed_list("1,2") == [1, 2]
+    assert report.seed_list("2,") == [2]
+    tasks = report.plan("data", ["A"], report.seed_list("1-2"), ("model", "ablation"), {}, threads=1,
+                        ablation_seeds=1, baselines=False)
+    assert [(t["name"], t["seed"]) for t in tasks] == [("A-model-1", 1), ("A-ablation-1", 1), ("A-model-2", 2)]
+
+
+@pytest.mark.parametrize("text", ["", "x", "0", "-1", "1,1", "2-1", "1-x"])
+def test_a_bad_seed_list_is_refused(text):
+    with pytest.raises(SystemExit) as refused:
+        report.main(["--seeds", text, "--table-only", "--no-baselines"])
+    assert refused.value.code == 2  # argparse's usage error, before anything is read or written
+
+
 def test_shiftrec_evaluate_report_is_the_same_run(monkeypatch, tmp_path):
     from app import cli
 
