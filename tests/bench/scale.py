@@ -249,6 +249,7 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
                 load = asyncio.run(offered_load(stack.inference.target, users, rate, args.serve_seconds, 10, 2.0))
                 row[f"p50_ms_at_{rate:g}"], row[f"p99_ms_at_{rate:g}"] = load["p50_ms"], load["p99_ms"]
                 row[f"errors_at_{rate:g}"] = load["errors"]
+                row[f"error_codes_at_{rate:g}"] = load["error_codes"]
                 row[f"achieved_rps_at_{rate:g}"] = load["achieved_rps"]
             closed = asyncio.run(closed_loop(stack.inference.target, users, 8, args.serve_seconds, 10, 2.0))
             row["closed_loop_rps"], row["closed_loop_p99_ms"] = closed["achieved_rps"], closed["p99_ms"]

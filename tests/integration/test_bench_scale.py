@@ -29,7 +29,14 @@ def test_quick_scale_benchmark(postgres_server_url, tmp_path, capsys) -> None:
     assert [r["items"] for r in served] == list(scale.QUICK_SERVE_ITEMS)
     for row in served:  # the retrieval package through the three services
         assert row["retrieval"] and 0 <= row["recall_at_10"] <= 1 and row["nprobe"] >= 1
-        assert row["errors_at_200"] == row["errors_at_400"] == 0
+        # on a loaded box (CI runs beside other work) calls can pass their 2 s deadline or be shed
+        # at the server's admission limit: overload, a figure for the benchmark to report; any
+        # other failure is a fault
+        overload = {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+        for rate in (200, 400):
+            assert row[f"errors_at_{rate}"] == sum(row[f"error_codes_at_{rate}"].values())
+            assert set(row[f"error_codes_at_{rate}"]) <= overload, row[f"error_codes_at_{rate}"]
+            assert row[f"achieved_rps_at_{rate}"] > 0
         assert 0 < row["p50_ms_at_200"] <= row["p99_ms_at_200"] and row["closed_loop_rps"] > 0
         assert row["inference_rss_mib"] > 0 and row["package_mib"] > 0 and row["train_peak_rss_mib"] > 100
     assert out.with_suffix(".png").stat().st_size > 0
