@@ -230,6 +230,8 @@ class ShiftRec(nn.Module):
         if cfg.label_smoothing and (cfg.loss != "ce" or not 0 < cfg.label_smoothing < 1):
             raise ValueError(f"label_smoothing must be in [0, 1) and needs loss 'ce', not "
                              f"{cfg.label_smoothing!r} with {cfg.loss!r}")
+        if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
+            raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
         if cfg.use_tags:
             # mean of the item's tag embeddings; padding tags are left out of the mean
@@ -240,11 +242,9 @@ class ShiftRec(nn.Module):
                 raise ValueError(f"use_text needs item_text of shape ({cfg.n_items + 1}, {cfg.text_dim})")
             if cfg.text_layers == 1:
                 self.text_proj: nn.Module = nn.Linear(cfg.text_dim, D, bias=False)
-            elif cfg.text_layers == 2:
+            else:
                 self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, D, bias=False), nn.GELU(),
                                                nn.Linear(D, D, bias=False))
-            else:
-                raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
             self.register_buffer("item_text", item_text.to(torch.float32).clone(), persistent=True)
         if cfg.use_types:
             self.type_emb = nn.Embedding(cfg.n_event_types, D, padding_idx=0)

@@ -148,9 +148,11 @@ def test_two_text_layers_keep_an_untitled_item_at_its_id_and_tags():
     assert isinstance(model.text_proj[1], torch.nn.GELU)
 
 
+@pytest.mark.parametrize("use_text", [True, False])
 @pytest.mark.parametrize("layers", [0, 3])
-def test_bad_text_layers_are_refused(layers):
-    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, text_dim=6, text_layers=layers)
+def test_bad_text_layers_are_refused(layers, use_text):
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, text_dim=6, text_layers=layers,
+                      use_text=use_text)
     with pytest.raises(ValueError, match="text_layers"):
         ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_text=torch.randn(21, 6))
 
