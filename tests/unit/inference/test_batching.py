@@ -173,3 +173,21 @@ def test_close_with_several_model_threads_loses_no_call():
 def test_zero_model_threads_are_refused():
     with pytest.raises(ValueError, match="threads"):
         DynamicBatcher(FakeModel(), max_batch=4, threads=0)
+
+
+def test_a_call_that_finds_a_slot_free_and_nobody_queued_runs_on_its_own_thread():
+    threads_seen = []
+
+    def model(feeds):
+        threads_seen.append(threading.current_thread())
+        return (feeds["x"] * 2,)
+
+    batcher = DynamicBatcher(model, max_batch=8, threads=2)
+    for v in range(5):  # one after another: never anyone to share a call with
+        assert batcher.run({"x": np.full((1, 3), v)})[0].tolist() == [[2 * v] * 3]
+    assert threads_seen == [threading.current_thread()] * 5
+    batcher.close()
+    waiting = DynamicBatcher(model, max_batch=8, max_wait_s=0.001)  # a wait asks for company: model thread
+    assert waiting.run({"x": np.ones((1, 3))})[0].tolist() == [[2, 2, 2]]
+    assert threads_seen[-1] is not threading.current_thread()
+    waiting.close()
