@@ -4,7 +4,9 @@ the trainer's dataset, the exporter's parity sample and the inference runtime al
 An event becomes (item index, event type, time): the item's index is PADDING_INDEX + 1 + its
 position in the vocabulary (items not in it are dropped), the event type is clipped to the
 model's N_EVENT_TYPES, microseconds become unix seconds. A sequence is left-padded to max_len
-with PADDING_INDEX: the most recent event is in the last column. Numpy only, no torch.
+with PADDING_INDEX: the most recent event is in the last column. A graph exported with a
+dynamic event axis also takes a narrower window (`cut_padding`): the columns of padding that every
+row carries add nothing, since positions count back from the window's end. Numpy only, no torch.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -74,3 +76,11 @@ def encode_histories(
     """The model inputs for a batch of histories (oldest event first in each)."""
     encoded = [encode_events(history, index) for history in histories]
     return model_inputs(*(pad_left([e[k] for e in encoded], max_len) for k in range(3)))
+
+
+def cut_padding(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same left-padded inputs without the leading columns that are padding in every row
+    (at least one column is kept). Beauty histories average 9 events of a 50-event window."""
+    used = np.flatnonzero(feeds[INPUT_ITEM_IDS].any(axis=0))
+    first = int(used[0]) if len(used) else feeds[INPUT_ITEM_IDS].shape[1] - 1
+    return {name: value[:, first:] for name, value in feeds.items()}

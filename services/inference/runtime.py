@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from services.inference.batching import DynamicBatcher
 from shared import model_package as pkg
-from shared.encoding import encode_histories, item_index
+from shared.encoding import cut_padding, encode_histories, item_index
 from shared.retrieval import Retrieval, RetrievalError, top_columns
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class ModelRuntime:
                 [i.name for i in self.session.get_inputs()] != list(pkg.INPUT_NAMES)):
             raise PackageError(f"{self.package_dir}: model inputs/outputs differ from the contract")
         self.has_shift = names == list(pkg.ALL_OUTPUT_NAMES)  # packages from before the shift head: False
+        # a graph with a dynamic event axis is run without the padding every row of a call carries
+        # (packages exported before it have a fixed one and get the whole window)
+        self.cuts_padding = isinstance(self.session.get_inputs()[0].shape[1], str)
         self.categories = list(getattr(self.manifest, "categories", None) or [])
         if self.has_shift:
             n_cat = self.session.get_outputs()[len(names) - 1].shape[-1]
@@ -174,27 +177,30 @@ class ModelRuntime:
         user = self.retrieval.user(feeds)
         return self.retrieval.rank(user, feeds[pkg.INPUT_ITEM_IDS], columns)
 
+    def _session_run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(outputs, cut_padding(feeds) if self.cuts_padding else feeds)
+
     def _run_all(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scores, probabilities, user = self.session.run(list(pkg.OUTPUT_NAMES), feeds)
+        scores, probabilities, user = self._session_run(list(pkg.OUTPUT_NAMES), feeds)
         return scores, probabilities, user
 
     def _run_scores(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray]:
-        return (self.session.run([pkg.OUTPUT_SCORES], feeds)[0],)
+        return (self._session_run([pkg.OUTPUT_SCORES], feeds)[0],)
 
     def run_shift(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """(shift_probability (B,), category_probabilities (B, C)), or None for a package
         without the shift outputs."""
         if not self.has_shift:
             return None
-        shift, categories = self.session.run(list(pkg.SHIFT_OUTPUT_NAMES), feeds)
+        shift, categories = self._session_run(list(pkg.SHIFT_OUTPUT_NAMES), feeds)
         return shift, categories
 
     def run_profile(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One call for a profile: (user_repr (B, D), shift_probability (B,), category_probabilities
         (B, C)); the last two None for a package without the shift outputs."""
         if not self.has_shift:
-            return self.session.run([pkg.OUTPUT_USER_REPR], feeds)[0], None, None
-        user, shift, categories = self.session.run([pkg.OUTPUT_USER_REPR, *pkg.SHIFT_OUTPUT_NAMES], feeds)
+            return self._session_run([pkg.OUTPUT_USER_REPR], feeds)[0], None, None
+        user, shift, categories = self._session_run([pkg.OUTPUT_USER_REPR, *pkg.SHIFT_OUTPUT_NAMES], feeds)
         return user, shift, categories
 
     def warm_up(self) -> None:

@@ -47,3 +47,52 @@ def test_training_dataset_and_runtime_encode_alike(pipeline) -> None:
     np.testing.assert_array_equal(feeds[pkg.INPUT_TIMESTAMPS], es.inputs.times)
     assert es.inputs.types.max() == pkg.N_EVENT_TYPES - 1  # clipping happened
     assert (es.inputs.items[:, 0] == pkg.PADDING_INDEX).any() and (es.inputs.items[:, 0] != 0).any()
+
+
+def test_cut_padding_drops_only_the_padding_every_row_carries() -> None:
+    from shared.encoding import cut_padding, pad_left
+
+    items = pad_left([np.array([5, 6, 7]), np.array([8, 9, 10, 11, 12])], 8)
+    feeds = {name: items * (k + 1) for k, name in enumerate(pkg.INPUT_NAMES)}
+    cut = cut_padding(feeds)
+    assert [v.shape for v in cut.values()] == [(2, 5)] * 3  # the longer row's five events, nothing of them lost
+    for name in pkg.INPUT_NAMES:
+        np.testing.assert_array_equal(cut[name], feeds[name][:, 3:])
+    empty = cut_padding({name: np.zeros((2, 8), dtype=np.int64) for name in pkg.INPUT_NAMES})
+    assert [v.shape for v in empty.values()] == [(2, 1)] * 3  # a graph needs one column
+
+
+def test_the_runtime_cuts_padding_and_answers_as_on_the_whole_window(pipeline, tmp_path) -> None:
+    """Served on inputs cut to their longest history, the graph gives the whole window's outputs;
+    a package whose graph has a fixed event axis (exported before) is run on the whole window."""
+    import shutil
+
+    import onnx
+
+    from services.inference.runtime import ModelRuntime, Step
+
+    package = pkg.resolve_package(pipeline.model_dir)
+    runtime = ModelRuntime(package, device="cpu")
+    assert runtime.cuts_padding
+    vocab = runtime.item_vocab
+    histories = [[Step(vocab[(3 * u + k) % len(vocab)], 1 + k % 6, 1_700_000_000_000_000 + 60_000_000 * k)
+                  for k in range(n)] for u, n in enumerate([1, 3, 4])]
+    feeds = runtime.encode(histories)
+    assert feeds[pkg.INPUT_ITEM_IDS].shape[1] == runtime.max_len > 4
+    whole = runtime.session.run(list(pkg.ALL_OUTPUT_NAMES), feeds)  # the graph on the whole window
+    scores, probabilities, user = runtime.run(feeds)
+    for got, want in zip((scores, probabilities, user), whole):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    for got, want in zip(runtime.run_shift(feeds) or (), whole[3:]):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+    fixed = tmp_path / package.name
+    shutil.copytree(package, fixed)
+    graph = onnx.load(str(fixed / pkg.MODEL_FILE))
+    for tensor in graph.graph.input:
+        tensor.type.tensor_type.shape.dim[1].dim_value = runtime.max_len  # replaces the symbolic name
+    onnx.save(graph, str(fixed / pkg.MODEL_FILE))
+    old = ModelRuntime(fixed, device="cpu")
+    assert not old.cuts_padding
+    old.check_parity()
+    np.testing.assert_allclose(old.run(feeds)[0], scores, atol=1e-5, rtol=0)
