@@ -100,6 +100,9 @@ class ModelConfig:
     label_smoothing: float = 0.0  # share of each next-item target spread over the whole catalogue
     cl_weight: float = 0.0  # contrastive regulariser: two dropout views of each sequence (0 = none)
     cl_temp: float = 1.0  # its softmax temperature
+    graph_weight: float = 0.0  # the item table adds this times its own propagation over the item graph
+    # of the training events (items that follow one another, LightGCN-normalised; 0 = none). The
+    # export folds it into the table, so serving costs nothing more
 
 
 def time_buckets(seconds: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -213,12 +216,14 @@ class ShiftRec(nn.Module):
         item_text: torch.Tensor | None = None,
         item_known: torch.Tensor | None = None,
         item_categories: torch.Tensor | None = None,
+        item_graph: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Constants per item: `item_tags` (N+1, T) int64 tag indices, 0-padded; `item_text`
         (N+1, text_dim) float text vectors (when cfg.use_text); `item_known` (N+1,) bool, False
         for items absent from the training events (default: every item known);
         `item_categories` (N+1,) int64 category index of each item, 1..n_categories (row 0 = 0;
-        default: one category for every item)."""
+        default: one category for every item); `item_graph` ((2, E) int64 edges, (E,) weights: the
+        training events' item graph, `SequenceData.item_transitions`) when cfg.graph_weight > 0."""
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
@@ -230,6 +235,12 @@ class ShiftRec(nn.Module):
         if cfg.label_smoothing and (cfg.loss != "ce" or not 0 < cfg.label_smoothing < 1):
             raise ValueError(f"label_smoothing must be in [0, 1) and needs loss 'ce', not "
                              f"{cfg.label_smoothing!r} with {cfg.loss!r}")
+        if cfg.graph_weight:
+            if cfg.graph_weight < 0 or cfg.loss != "ce" or item_graph is None:
+                raise ValueError(f"graph_weight must be >= 0, needs loss 'ce' (the whole item table) and "
+                                 f"the item graph; not {cfg.graph_weight!r} with {cfg.loss!r}")
+            self.register_buffer("graph_edges", item_graph[0].to(torch.int64).clone(), persistent=True)  # (2, E)
+            self.register_buffer("graph_weights", item_graph[1].to(torch.float32).clone(), persistent=True)  # (E,)
         if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
             raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
@@ -305,7 +316,20 @@ class ShiftRec(nn.Module):
             table = table + self.tag_emb(self.item_tags if rows is None else self.item_tags[rows])
         if self.cfg.use_text:  # row 0 stays 0 (no bias)
             table = table + self.text_proj(self.item_text if rows is None else self.item_text[rows])
+        if self.cfg.graph_weight > 0:  # one propagation step; row 0 and items without edges unchanged
+            src, dst = self.graph_edges
+            spread = torch.zeros_like(table).index_add(0, dst, table[src] * self.graph_weights[:, None])
+            table = table + self.cfg.graph_weight * spread
         return table
+
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> "ShiftRec":
+        """The model of a saved state (a package's `weights.pt`), with the per-item constants it holds."""
+        graph = (state["graph_edges"], state["graph_weights"]) if "graph_edges" in state else None
+        model = cls(cfg, state["item_tags"], state.get("item_text"), state["id_mask"][:, 0] > 0,
+                    state.get("item_cat"), graph)
+        model.load_state_dict(state)
+        return model
 
     def encode(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,

@@ -187,8 +187,12 @@ def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) ->
         from training.text import item_text_table
 
         item_text = torch.from_numpy(item_text_table(data.item_titles, threads=threads))
+    graph = None
+    if model_cfg.graph_weight > 0:
+        edges, weights = data.item_transitions()
+        graph = (torch.from_numpy(edges), torch.from_numpy(weights))
     return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()),
-                    torch.from_numpy(data.item_category_index()))
+                    torch.from_numpy(data.item_category_index()), graph)
 
 
 def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:
@@ -202,7 +206,8 @@ def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData)
     rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab)}
     if not parent.get("pretrain"):
         rows["tag_emb.weight"] = (parent["tag_vocab"], data.tag_vocab)
-    skip = {"item_tags", "item_text", "id_mask", "item_cat"} | ({"tag_emb.weight"} - set(rows))
+    skip = {"item_tags", "item_text", "id_mask", "item_cat", "graph_edges", "graph_weights"} | (
+        {"tag_emb.weight"} - set(rows))
     for name, value in parent["state_dict"].items():
         if name not in state or name in skip:
             continue

@@ -166,11 +166,7 @@ def eager_model(package_dir: Path, manifest: pkg.Manifest):
     from training.model import ModelConfig, ShiftRec
 
     weights = load_weights(package_dir)
-    state = weights["state_dict"]
-    # the per-item constants the weights were trained with: tags, text vectors, known ids, categories
-    model = ShiftRec(ModelConfig(**weights["model_config"]), state["item_tags"], state.get("item_text"),
-                     state["id_mask"][:, 0] > 0, state.get("item_cat"))
-    model.load_state_dict(state)
+    model = ShiftRec.from_state(ModelConfig(**weights["model_config"]), weights["state_dict"])
     return ServingModel(model, (manifest.calibration["a"], manifest.calibration["b"])).eval()
 
 

@@ -34,12 +34,8 @@ def member_scorer(package: str | Path, data: SequenceData, threads: int = 2) -> 
     weights = load_weights(package)
     if list(weights["item_vocab"]) != list(data.item_vocab):
         raise ValueError(f"{package}: trained on another item vocabulary than --data")
-    state = weights["state_dict"]
     cfg = ModelConfig(**weights["model_config"])
-    model = ShiftRec(cfg, state["item_tags"], state.get("item_text"), state["id_mask"][:, 0] > 0,
-                     state.get("item_cat"))
-    model.load_state_dict(state)
-    return torch_scorer(model, torch.device("cpu")), cfg
+    return torch_scorer(ShiftRec.from_state(cfg, weights["state_dict"]), torch.device("cpu")), cfg
 
 
 def mean_scorer(scorers: list[evaluation.Scorer]) -> evaluation.Scorer:

@@ -19,7 +19,8 @@ VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned"
             "start_positions": {"positions": "start"},
             "learned_filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": True},
             "label_smoothing": {"label_smoothing": 0.1},
-            "text_mlp": {"text_layers": 2}}
+            "text_mlp": {"text_layers": 2},
+            "item_graph": {"graph_weight": 0.5}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -251,3 +252,47 @@ def test_the_candidate_ranking_counts_a_sampled_candidate_once():
         unmasked = (table, model.item_cat[1:], torch.ones(table.shape[0]), torch.full_like(slots, -1))
         assert not torch.allclose(model.rank_candidates(out["user"], items, candidates, table[candidates],
                                                         mass=unmasked), want, atol=1e-3)
+
+
+def test_the_item_graph_links_training_neighbours_both_ways_and_nothing_held_out(tiny):
+    edges, weights = tiny.item_transitions()
+    pairs = set(zip(*edges.tolist()))
+    for u in range(len(tiny.users)):
+        seq = tiny.items[u][: tiny.train_end(u)].tolist()
+        for a, b in zip(seq, seq[1:]):
+            assert a == b or {(a, b), (b, a)} <= pairs
+    held_out = {(int(tiny.items[u][i - 1]), int(tiny.items[u][i])) for u in range(len(tiny.users))
+                for i in range(tiny.train_end(u), len(tiny.items[u]))}
+    in_training = {(int(a), int(b)) for u in range(len(tiny.users))
+                   for a, b in zip(tiny.items[u][: tiny.train_end(u)], tiny.items[u][1 : tiny.train_end(u)])}
+    leaked = {p for p in held_out - in_training if p not in {(b, a) for a, b in in_training} and p[0] != p[1]}
+    assert leaked and not leaked & pairs  # the held-out steps that training never took are no edges
+    assert (edges != 0).all() and (weights > 0).all()
+    degree = np.bincount(edges[0], minlength=tiny.n_items + 1)
+    assert degree[0] == 0
+
+
+def test_the_item_graph_adds_each_items_weighted_neighbours_to_its_row():
+    torch.manual_seed(0)
+    edges = torch.tensor([[1, 2, 2, 3], [2, 1, 3, 2]])
+    weights = torch.tensor([0.5, 0.5, 0.25, 0.25])
+    plain = small_model()
+    cfg = ModelConfig(**{**plain.cfg.__dict__, "graph_weight": 0.4})
+    linked = ShiftRec(cfg, plain.item_tags, item_categories=plain.item_cat, item_graph=(edges, weights)).eval()
+    linked.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        base, table = plain.item_table(), linked.item_table()
+    torch.testing.assert_close(table[2], base[2] + 0.4 * (0.5 * base[1] + 0.25 * base[3]))
+    torch.testing.assert_close(table[1], base[1] + 0.4 * 0.5 * base[2])
+    torch.testing.assert_close(table[[0, 4, 20]], base[[0, 4, 20]])  # padding and unlinked items unchanged
+    again = ShiftRec.from_state(cfg, linked.state_dict())
+    torch.testing.assert_close(again.item_table(), linked.item_table())
+
+
+@pytest.mark.parametrize("over", [{"graph_weight": -0.1}, {"graph_weight": 0.5, "loss": "sampled"},
+                                  {"graph_weight": 0.5}])
+def test_a_bad_item_graph_setting_is_refused(over):
+    graph = None if over == {"graph_weight": 0.5} else (torch.tensor([[1], [2]]), torch.tensor([1.0]))
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, use_text=False, **over)
+    with pytest.raises(ValueError, match="graph_weight"):
+        ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_graph=graph)
