@@ -3,6 +3,8 @@ frequency filter beside attention and the contrastive regulariser. Each keeps wh
 promises: no position sees a later event, left padding changes nothing, and the package exports
 with its parity check."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -259,12 +261,12 @@ def test_the_item_graph_links_training_neighbours_both_ways_and_nothing_held_out
     pairs = set(zip(*edges.tolist()))
     for u in range(len(tiny.users)):
         seq = tiny.items[u][: tiny.train_end(u)].tolist()
-        for a, b in zip(seq, seq[1:]):
+        for a, b in itertools.pairwise(seq):
             assert a == b or {(a, b), (b, a)} <= pairs
     held_out = {(int(tiny.items[u][i - 1]), int(tiny.items[u][i])) for u in range(len(tiny.users))
                 for i in range(tiny.train_end(u), len(tiny.items[u]))}
     in_training = {(int(a), int(b)) for u in range(len(tiny.users))
-                   for a, b in zip(tiny.items[u][: tiny.train_end(u)], tiny.items[u][1 : tiny.train_end(u)])}
+                   for a, b in itertools.pairwise(tiny.items[u][: tiny.train_end(u)])}
     leaked = {p for p in held_out - in_training if p not in {(b, a) for a, b in in_training} and p[0] != p[1]}
     assert leaked and not leaked & pairs  # the held-out steps that training never took are no edges
     assert (edges != 0).all() and (weights > 0).all()
