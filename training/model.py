@@ -239,8 +239,14 @@ class ShiftRec(nn.Module):
             if cfg.graph_weight < 0 or cfg.loss != "ce" or item_graph is None:
                 raise ValueError(f"graph_weight must be >= 0, needs loss 'ce' (the whole item table) and "
                                  f"the item graph; not {cfg.graph_weight!r} with {cfg.loss!r}")
-            self.register_buffer("graph_edges", item_graph[0].to(torch.int64).clone(), persistent=True)  # (2, E)
-            self.register_buffer("graph_weights", item_graph[1].to(torch.float32).clone(), persistent=True)  # (E,)
+            edges, weights = item_graph[0].to(torch.int64).clone(), item_graph[1].to(torch.float32).clone()
+            self.register_buffer("graph_edges", edges, persistent=True)  # (2, E): source, destination
+            self.register_buffer("graph_weights", weights, persistent=True)  # (E,)
+            # the same as a sparse (N+1, N+1) matrix, row = destination: its product with the table
+            # cost 38 ms a step forward and back on Beauty where a gather and index_add cost 253
+            n = cfg.n_items + 1
+            self.register_buffer("graph", torch.sparse_coo_tensor(edges[[1, 0]], weights, (n, n),
+                                                                  check_invariants=True).coalesce(), persistent=False)
         if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
             raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
@@ -317,9 +323,7 @@ class ShiftRec(nn.Module):
         if self.cfg.use_text:  # row 0 stays 0 (no bias)
             table = table + self.text_proj(self.item_text if rows is None else self.item_text[rows])
         if self.cfg.graph_weight > 0:  # one propagation step; row 0 and items without edges unchanged
-            src, dst = self.graph_edges
-            spread = torch.zeros_like(table).index_add(0, dst, table[src] * self.graph_weights[:, None])
-            table = table + self.cfg.graph_weight * spread
+            table = table + self.cfg.graph_weight * torch.sparse.mm(self.graph, table)
         return table
 
     @classmethod
