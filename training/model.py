@@ -47,6 +47,7 @@ inference path that the ONNX export traces.
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,16 @@ class ModelConfig:
     graph_weight: float = 0.0  # the item table adds this times its own propagation over the item graph
     # of the training events (items that follow one another, LightGCN-normalised; 0 = none). The
     # export folds it into the table, so serving costs nothing more
+
+
+# A saved model's config names every field of its day; a field added later takes the value the
+# model was trained with, which is what the field did before it existed, not today's default.
+BEFORE_FIELD_EXISTED: dict[str, Any] = {"graph_weight": 0.0}
+
+
+def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """The ModelConfig fields of a saved model (a package's or a parent's `model_config`)."""
+    return {**BEFORE_FIELD_EXISTED, **saved}
 
 
 def time_buckets(seconds: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -223,7 +234,8 @@ class ShiftRec(nn.Module):
         for items absent from the training events (default: every item known);
         `item_categories` (N+1,) int64 category index of each item, 1..n_categories (row 0 = 0;
         default: one category for every item); `item_graph` ((2, E) int64 edges, (E,) weights: the
-        training events' item graph, `SequenceData.item_transitions`) when cfg.graph_weight > 0."""
+        training events' item graph, `SequenceData.item_transitions`; default: no edges) when
+        cfg.graph_weight > 0."""
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
@@ -236,17 +248,23 @@ class ShiftRec(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1) and needs loss 'ce', not "
                              f"{cfg.label_smoothing!r} with {cfg.loss!r}")
         if cfg.graph_weight:
-            if cfg.graph_weight < 0 or cfg.loss != "ce" or item_graph is None:
-                raise ValueError(f"graph_weight must be >= 0, needs loss 'ce' (the whole item table) and "
-                                 f"the item graph; not {cfg.graph_weight!r} with {cfg.loss!r}")
+            if cfg.graph_weight < 0:
+                raise ValueError(f"graph_weight must be >= 0, not {cfg.graph_weight!r}")
+            if item_graph is None:  # no edges: every row as without the graph
+                item_graph = (torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0))
             edges, weights = item_graph[0].to(torch.int64).clone(), item_graph[1].to(torch.float32).clone()
             self.register_buffer("graph_edges", edges, persistent=True)  # (2, E): source, destination
             self.register_buffer("graph_weights", weights, persistent=True)  # (E,)
             # the same as a sparse (N+1, N+1) matrix, row = destination: its product with the table
             # cost 38 ms a step forward and back on Beauty where a gather and index_add cost 253
             n = cfg.n_items + 1
-            self.register_buffer("graph", torch.sparse_coo_tensor(edges[[1, 0]], weights, (n, n),
-                                                                  check_invariants=True).coalesce(), persistent=False)
+            graph = torch.sparse_coo_tensor(edges[[1, 0]], weights, (n, n), check_invariants=True).coalesce()
+            self.register_buffer("graph", graph, persistent=False)
+            # its rows as offsets into the coalesced (row-sorted) entries: what a few rows' share of
+            # the propagation needs (sampled softmax) without building the whole table
+            starts = torch.zeros(n + 1, dtype=torch.int64)
+            starts[1:] = torch.cumsum(torch.bincount(graph.indices()[0], minlength=n), 0)
+            self.register_buffer("graph_starts", starts, persistent=False)
         if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
             raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
@@ -313,6 +331,26 @@ class ShiftRec(nn.Module):
         """Every item's representation (N+1, D): id embedding (zero for items unseen in training)
         + mean tag embedding + projected text vector. Row 0 = 0. With `rows` (K,) only those
         items' representations (K, D) (what sampled softmax needs of a large catalogue)."""
+        if self.cfg.graph_weight <= 0:
+            return self._content_table(rows)
+        # one propagation step over the item graph; row 0 and items without edges unchanged
+        if rows is None:
+            table = self._content_table()
+            return table + self.cfg.graph_weight * torch.sparse.mm(self.graph, table)
+        starts, ends = self.graph_starts[rows], self.graph_starts[rows + 1]  # (K,): each row's entries
+        counts = ends - starts
+        owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)  # (E_K,)
+        entry = torch.arange(int(counts.sum()), device=rows.device) - (torch.cumsum(counts, 0) - counts)[owner] + starts[owner]
+        neighbours = self.graph.indices()[1][entry]  # (E_K,)
+        # the rows and their neighbours built once, so an item is the same on both sides
+        needed, local = torch.unique(torch.cat([rows, neighbours]), return_inverse=True)
+        content = self._content_table(needed)  # (U, D)
+        spread = torch.zeros(len(rows), content.shape[1], dtype=content.dtype, device=content.device)
+        spread = spread.index_add(0, owner, self.graph.values()[entry, None] * content[local[len(rows):]])
+        return content[local[: len(rows)]] + self.cfg.graph_weight * spread
+
+    def _content_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """item_table before the graph: id embedding + tags + text, all items or `rows`."""
         mask = self.id_mask if rows is None else self.id_mask[rows]  # (N+1, 1) or (K, 1)
         if self.training and self.cfg.id_dropout > 0:  # the same items on the input and output side
             mask = mask * (torch.rand_like(mask) >= self.cfg.id_dropout)
@@ -322,8 +360,6 @@ class ShiftRec(nn.Module):
             table = table + self.tag_emb(self.item_tags if rows is None else self.item_tags[rows])
         if self.cfg.use_text:  # row 0 stays 0 (no bias)
             table = table + self.text_proj(self.item_text if rows is None else self.item_text[rows])
-        if self.cfg.graph_weight > 0:  # one propagation step; row 0 and items without edges unchanged
-            table = table + self.cfg.graph_weight * torch.sparse.mm(self.graph, table)
         return table
 
     @classmethod

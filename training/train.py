@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training import evaluation
 from training.data import HOLDOUT_TEST, Inputs, SequenceData, eval_set, training_arrays
-from training.model import ModelConfig, ShiftRec
+from training.model import ModelConfig, ShiftRec, saved_config
 
 
 @dataclass
@@ -275,7 +275,7 @@ def resolve_configs(
 
         parent = load_weights(run.finetune_from)
         skip = ("n_items", "n_tags", "n_categories")
-        overrides = {**{k: v for k, v in parent["model_config"].items() if k not in skip},
+        overrides = {**{k: v for k, v in saved_config(parent["model_config"]).items() if k not in skip},
                      **(overrides or {})}
         if run.new_events_only and not parent.get("pretrain") and parent.get("data_until"):
             newer = data.with_train_since(int(parent["data_until"]) + 1)

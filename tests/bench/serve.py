@@ -163,10 +163,10 @@ def grpc_floor(calls: int = 20_000, clients: int = 8) -> dict[str, float]:
 def eager_model(package_dir: Path, manifest: pkg.Manifest):
     """The package's PyTorch weights as the same serving module the ONNX file was exported from."""
     from training.export import ServingModel, load_weights
-    from training.model import ModelConfig, ShiftRec
+    from training.model import ModelConfig, ShiftRec, saved_config
 
     weights = load_weights(package_dir)
-    model = ShiftRec.from_state(ModelConfig(**weights["model_config"]), weights["state_dict"])
+    model = ShiftRec.from_state(ModelConfig(**saved_config(weights["model_config"])), weights["state_dict"])
     return ServingModel(model, (manifest.calibration["a"], manifest.calibration["b"])).eval()
 
 

@@ -27,14 +27,14 @@ def member_scorer(package: str | Path, data: SequenceData, threads: int = 2) -> 
     import torch
 
     from training.export import load_weights
-    from training.model import ModelConfig, ShiftRec
+    from training.model import ModelConfig, ShiftRec, saved_config
     from training.train import torch_scorer
 
     torch.set_num_threads(threads)
     weights = load_weights(package)
     if list(weights["item_vocab"]) != list(data.item_vocab):
         raise ValueError(f"{package}: trained on another item vocabulary than --data")
-    cfg = ModelConfig(**weights["model_config"])
+    cfg = ModelConfig(**saved_config(weights["model_config"]))
     return torch_scorer(ShiftRec.from_state(cfg, weights["state_dict"]), torch.device("cpu")), cfg
 
 

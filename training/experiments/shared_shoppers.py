@@ -19,14 +19,14 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     from training.data import EvalSet, Inputs, eval_set
     from training.evaluation import mask_history
     from training.metrics import ranking_metrics, target_ranks
-    from training.model import ModelConfig
+    from training.model import ModelConfig, saved_config
     from training.text import item_text_table
     from training.train import build_model
 
     torch.set_num_threads(task["threads"])
     target, source = load(task["target"]), load(task["source"])
     state = load_state(Path(task["work"]) / "states" / task["model"])
-    cfg = ModelConfig(**state["model_config"])
+    cfg = ModelConfig(**saved_config(state["model_config"]))
     model = build_model(cfg, target, task["threads"])
     model.load_state_dict(state["state_dict"])
     model.eval()

@@ -279,7 +279,7 @@ def test_the_item_graph_adds_each_items_weighted_neighbours_to_its_row():
     torch.manual_seed(0)
     edges = torch.tensor([[1, 2, 2, 3], [2, 1, 3, 2]])
     weights = torch.tensor([0.5, 0.5, 0.25, 0.25])
-    plain = small_model()
+    plain = small_model(graph_weight=0.0)
     cfg = ModelConfig(**{**plain.cfg.__dict__, "graph_weight": 0.4})
     linked = ShiftRec(cfg, plain.item_tags, item_categories=plain.item_cat, item_graph=(edges, weights)).eval()
     linked.load_state_dict(plain.state_dict(), strict=False)
@@ -292,10 +292,41 @@ def test_the_item_graph_adds_each_items_weighted_neighbours_to_its_row():
     torch.testing.assert_close(again.item_table(), linked.item_table())
 
 
-@pytest.mark.parametrize("over", [{"graph_weight": -0.1}, {"graph_weight": 0.5, "loss": "sampled"},
-                                  {"graph_weight": 0.5}])
-def test_a_bad_item_graph_setting_is_refused(over):
-    graph = None if over == {"graph_weight": 0.5} else (torch.tensor([[1], [2]]), torch.tensor([1.0]))
-    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, use_text=False, **over)
-    with pytest.raises(ValueError, match="graph_weight"):
-        ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_graph=graph)
+def test_a_few_rows_of_the_linked_table_equal_the_whole_tables_rows():
+    """Sampled softmax builds only the rows a batch uses: with the graph, each of them must still
+    carry its neighbours (who may be outside the rows), in any order, repeated or not."""
+    g = torch.Generator().manual_seed(1)
+    src, dst = torch.randint(1, 21, (2, 60), generator=g)
+    keep = src != dst
+    edges = torch.stack([torch.cat([src[keep], dst[keep]]), torch.cat([dst[keep], src[keep]])])
+    weights = torch.rand(edges.shape[1], generator=g)
+    model = small_model()
+    cfg = ModelConfig(**{**model.cfg.__dict__, "graph_weight": 0.5, "loss": "sampled"})
+    linked = ShiftRec(cfg, model.item_tags, item_categories=model.item_cat, item_graph=(edges, weights)).eval()
+    rows = torch.tensor([7, 0, 3, 20, 7, 12, 1])
+    with torch.no_grad():
+        whole = linked.item_table()
+        torch.testing.assert_close(linked.item_table(rows), whole[rows])
+        assert not torch.allclose(whole, linked._content_table())  # the graph did move rows
+    linked.train()  # and the sampled loss trains through it
+    items = torch.randint(0, 21, (4, 8), generator=g)
+    linked.loss(items, (items > 0).long(), torch.zeros_like(items), torch.randint(1, 21, (4, 8), generator=g)).backward()
+    assert linked.item_emb.weight.grad is not None and linked.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_a_bad_item_graph_setting_is_refused():
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, use_text=False, graph_weight=-0.1)
+    with pytest.raises(ValueError, match="graph_weight must be >= 0"):
+        ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_graph=(torch.tensor([[1], [2]]), torch.tensor([1.0])))
+
+
+def test_without_edges_the_graph_changes_nothing_and_a_state_missing_it_is_refused():
+    plain = small_model(graph_weight=0.0)
+    cfg = ModelConfig(**{**plain.cfg.__dict__, "graph_weight": 0.5})
+    empty = ShiftRec(cfg, plain.item_tags, item_categories=plain.item_cat).eval()  # no graph given
+    empty.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(empty.item_table(), plain.item_table())
+        torch.testing.assert_close(empty.item_table(torch.tensor([3, 0, 9])), plain.item_table()[[3, 0, 9]])
+    with pytest.raises(RuntimeError, match="graph_edges"):  # a saved graph model without its graph
+        ShiftRec.from_state(cfg, plain.state_dict())
