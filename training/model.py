@@ -47,7 +47,7 @@ inference path that the ONNX export traces.
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -256,16 +256,9 @@ class ShiftRec(nn.Module):
             edges, weights = item_graph[0].to(torch.int64).clone(), item_graph[1].to(torch.float32).clone()
             self.register_buffer("graph_edges", edges, persistent=True)  # (2, E): source, destination
             self.register_buffer("graph_weights", weights, persistent=True)  # (E,)
-            # the same as a sparse (N+1, N+1) matrix, row = destination: its product with the table
-            # cost 38 ms a step forward and back on Beauty where a gather and index_add cost 253
-            n = cfg.n_items + 1
-            graph = torch.sparse_coo_tensor(edges[[1, 0]], weights, (n, n), check_invariants=True).coalesce()
-            self.register_buffer("graph", graph, persistent=False)
-            # its rows as offsets into the coalesced (row-sorted) entries: what a few rows' share of
-            # the propagation needs (sampled softmax) without building the whole table
-            starts = torch.zeros(n + 1, dtype=torch.int64)
-            starts[1:] = torch.cumsum(torch.bincount(graph.indices()[0], minlength=n), 0)
-            self.register_buffer("graph_starts", starts, persistent=False)
+            self._derive_graph()
+            # a loaded state's edges replace these in place: what is derived from them follows
+            self.register_load_state_dict_post_hook(ShiftRec._graph_after_load)
         if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
             raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
@@ -317,6 +310,23 @@ class ShiftRec(nn.Module):
                 self.cat_head.apply(self._init_weights)
                 self.dest_head.apply(self._init_weights)
                 self.move_head.apply(self._init_weights)
+
+    def _derive_graph(self) -> None:
+        """The item graph as a sparse (N+1, N+1) matrix, row = destination (its product with the
+        table cost 38 ms a step forward and back on Beauty where a gather and index_add cost 253),
+        and its rows as offsets into the coalesced, row-sorted entries: what a few rows' share of
+        the propagation needs (sampled softmax) without building the whole table."""
+        n = self.cfg.n_items + 1
+        edges = self.graph_edges
+        graph = torch.sparse_coo_tensor(edges[[1, 0]], self.graph_weights, (n, n), check_invariants=True).coalesce()
+        starts = torch.zeros(n + 1, dtype=torch.int64, device=edges.device)
+        starts[1:] = torch.cumsum(torch.bincount(graph.indices()[0], minlength=n), 0)
+        self.register_buffer("graph", graph, persistent=False)
+        self.register_buffer("graph_starts", starts, persistent=False)
+
+    @staticmethod
+    def _graph_after_load(module: nn.Module, _keys: Any) -> None:
+        cast("ShiftRec", module)._derive_graph()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

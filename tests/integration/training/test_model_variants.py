@@ -290,6 +290,11 @@ def test_the_item_graph_adds_each_items_weighted_neighbours_to_its_row():
     torch.testing.assert_close(table[[0, 4, 20]], base[[0, 4, 20]])  # padding and unlinked items unchanged
     again = ShiftRec.from_state(cfg, linked.state_dict())
     torch.testing.assert_close(again.item_table(), linked.item_table())
+    other = ShiftRec(cfg, plain.item_tags, item_categories=plain.item_cat,
+                     item_graph=(torch.tensor([[4, 5, 5, 6], [5, 4, 6, 5]]), weights))
+    other.load_state_dict(linked.state_dict())  # edges of the same shape loaded in place
+    torch.testing.assert_close(other.item_table(), linked.item_table())
+    torch.testing.assert_close(other.item_table(torch.tensor([2, 5])), linked.item_table()[[2, 5]])
 
 
 def test_a_few_rows_of_the_linked_table_equal_the_whole_tables_rows():
