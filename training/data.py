@@ -90,19 +90,24 @@ class SequenceData:
             return n - 1
         return -1
 
-    def item_transitions(self) -> tuple[np.ndarray, np.ndarray]:
+    def item_transitions(self, window: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The training events' item graph: (2, E) int64 edges (source, destination) between items
-        that follow one another in a shopper's training events, in both directions, and (E,)
-        float32 weights: the number of such steps over sqrt(degree of each end) (LightGCN's
-        symmetric normalisation). Held-out events never enter it."""
-        pairs = [(seq[:-1], seq[1:]) for u in range(len(self.users)) if self.trains_on(u)
-                 for seq in [self.items[u][: self.train_end(u)]] if len(seq) > 1]
+        that follow one another within `window` events in a shopper's training events, in both
+        directions, and (E,) float32 weights: the steps' count, each step of g events counting 1/g,
+        over sqrt(degree of each end) (LightGCN's symmetric normalisation). Held-out events never
+        enter it."""
+        if window < 1:
+            raise ValueError(f"the item graph's window must be >= 1 event, not {window!r}")
+        seqs = [self.items[u][: self.train_end(u)] for u in range(len(self.users)) if self.trains_on(u)]
+        pairs = [(seq[:-g], seq[g:], 1.0 / g) for g in range(1, window + 1) for seq in seqs if len(seq) > g]
         a = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         b = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
+        step = np.concatenate([np.full(len(p[0]), p[2]) for p in pairs]) if pairs else np.zeros(0)
         keep = a != b
         src, dst = np.r_[a[keep], b[keep]].astype(np.int64), np.r_[b[keep], a[keep]].astype(np.int64)
         width = self.n_items + 1
-        edges, counts = np.unique(src * width + dst, return_counts=True)
+        edges, where = np.unique(src * width + dst, return_inverse=True)
+        counts = np.bincount(where, weights=np.r_[step[keep], step[keep]], minlength=len(edges))
         src, dst = edges // width, edges % width
         degree = np.bincount(src, weights=counts, minlength=width)
         weights = (counts / np.sqrt(degree[src] * degree[dst])).astype(np.float32)

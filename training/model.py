@@ -105,6 +105,8 @@ class ModelConfig:
     # of the training events (items that follow one another, LightGCN-normalised; 0 = none). The
     # export folds it into the table, so serving costs nothing more. .5 beat 0 and 1 on validation,
     # every seed in Beauty and Sports (training/RESULTS.md, 2026-12-05)
+    graph_window: int = 1  # the graph links items up to this many events apart (a step of g counts 1/g)
+    graph_hops: int = 1  # propagation steps: the table adds sum over k of graph_weight^k * A^k table
 
 
 # A saved model's config names every field of its day; a field added later takes the value the
@@ -251,6 +253,9 @@ class ShiftRec(nn.Module):
         if cfg.graph_weight:
             if cfg.graph_weight < 0:
                 raise ValueError(f"graph_weight must be >= 0, not {cfg.graph_weight!r}")
+            if cfg.graph_hops < 1 or (cfg.graph_hops > 1 and cfg.loss != "ce"):
+                raise ValueError(f"graph_hops must be >= 1, and 1 under sampled softmax (a batch's rows "
+                                 f"gather one step of neighbours); not {cfg.graph_hops!r} with {cfg.loss!r}")
             if item_graph is None:  # no edges: every row as without the graph
                 item_graph = (torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0))
             edges, weights = item_graph[0].to(torch.int64).clone(), item_graph[1].to(torch.float32).clone()
@@ -344,10 +349,13 @@ class ShiftRec(nn.Module):
         items' representations (K, D) (what sampled softmax needs of a large catalogue)."""
         if self.cfg.graph_weight <= 0:
             return self._content_table(rows)
-        # one propagation step over the item graph; row 0 and items without edges unchanged
+        # propagation over the item graph; row 0 and items without edges unchanged
         if rows is None:
-            table = self._content_table()
-            return table + self.cfg.graph_weight * torch.sparse.mm(self.graph, table)
+            table = spread = self._content_table()
+            for hop in range(1, self.cfg.graph_hops + 1):
+                spread = torch.sparse.mm(self.graph, spread)
+                table = table + self.cfg.graph_weight**hop * spread
+            return table
         starts, ends = self.graph_starts[rows], self.graph_starts[rows + 1]  # (K,): each row's entries
         counts = ends - starts
         owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)  # (E_K,)

@@ -189,7 +189,7 @@ def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) ->
         item_text = torch.from_numpy(item_text_table(data.item_titles, threads=threads))
     graph = None
     if model_cfg.graph_weight > 0:
-        edges, weights = data.item_transitions()
+        edges, weights = data.item_transitions(model_cfg.graph_window)
         graph = (torch.from_numpy(edges), torch.from_numpy(weights))
     return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()),
                     torch.from_numpy(data.item_category_index()), graph)

@@ -22,7 +22,8 @@ VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned"
             "learned_filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned": True},
             "label_smoothing": {"label_smoothing": 0.1},
             "text_mlp": {"text_layers": 2},
-            "item_graph": {"graph_weight": 0.5}}
+            "item_graph": {"graph_weight": 0.5},
+            "graph_window_hops": {"graph_weight": 0.5, "graph_window": 2, "graph_hops": 2}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -297,6 +298,45 @@ def test_the_item_graph_adds_each_items_weighted_neighbours_to_its_row():
     torch.testing.assert_close(other.item_table(torch.tensor([2, 5])), linked.item_table()[[2, 5]])
 
 
+def test_a_window_links_items_further_apart_at_a_fraction_of_a_step(tiny):
+    """Window 2: each pair two training events apart counts 1/2, neighbours 1; LightGCN-normalised."""
+    counts: dict[tuple[int, int], float] = {}
+    for u in range(len(tiny.users)):
+        if not tiny.trains_on(u):
+            continue
+        seq = tiny.items[u][: tiny.train_end(u)].tolist()
+        for gap in (1, 2):
+            for a, b in zip(seq, seq[gap:]):
+                if a != b:
+                    for pair in ((a, b), (b, a)):
+                        counts[pair] = counts.get(pair, 0.0) + 1.0 / gap
+    degree: dict[int, float] = {}
+    for (a, _), c in counts.items():
+        degree[a] = degree.get(a, 0.0) + c
+    edges, weights = tiny.item_transitions(window=2)
+    got = {(int(a), int(b)): float(w) for a, b, w in zip(*edges, weights)}
+    assert got.keys() == counts.keys()
+    for (a, b), c in counts.items():
+        assert got[(a, b)] == pytest.approx(c / np.sqrt(degree[a] * degree[b]), rel=1e-6)
+    assert len(got) > tiny.item_transitions()[0].shape[1]  # the window added edges
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        tiny.item_transitions(window=0)
+
+
+def test_two_hops_add_the_squared_weight_times_the_two_step_neighbours():
+    edges = torch.tensor([[1, 2, 2, 3], [2, 1, 3, 2]])
+    weights = torch.tensor([0.5, 0.5, 0.25, 0.25])
+    plain = small_model(graph_weight=0.0)
+    cfg = ModelConfig(**{**plain.cfg.__dict__, "graph_weight": 0.4, "graph_hops": 2})
+    linked = ShiftRec(cfg, plain.item_tags, item_categories=plain.item_cat, item_graph=(edges, weights)).eval()
+    linked.load_state_dict(plain.state_dict(), strict=False)
+    dense = torch.zeros(21, 21)
+    dense[edges[1], edges[0]] = weights
+    with torch.no_grad():
+        base = plain.item_table()
+        torch.testing.assert_close(linked.item_table(), base + 0.4 * dense @ base + 0.16 * dense @ dense @ base)
+
+
 def test_a_few_rows_of_the_linked_table_equal_the_whole_tables_rows():
     """Sampled softmax builds only the rows a batch uses: with the graph, each of them must still
     carry its neighbours (who may be outside the rows), in any order, repeated or not."""
@@ -319,9 +359,12 @@ def test_a_few_rows_of_the_linked_table_equal_the_whole_tables_rows():
     assert linked.item_emb.weight.grad is not None and linked.item_emb.weight.grad.abs().sum() > 0
 
 
-def test_a_bad_item_graph_setting_is_refused():
-    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, use_text=False, graph_weight=-0.1)
-    with pytest.raises(ValueError, match="graph_weight must be >= 0"):
+@pytest.mark.parametrize(("over", "message"), [({"graph_weight": -0.1}, "graph_weight must be >= 0"),
+                                               ({"graph_hops": 0}, "graph_hops must be >= 1"),
+                                               ({"graph_hops": 2, "loss": "sampled"}, "graph_hops must be >= 1")])
+def test_a_bad_item_graph_setting_is_refused(over, message):
+    cfg = ModelConfig(n_items=20, n_tags=4, n_categories=3, max_len=8, dim=16, use_text=False, **over)
+    with pytest.raises(ValueError, match=message):
         ShiftRec(cfg, torch.randint(0, 5, (21, 2)), item_graph=(torch.tensor([[1], [2]]), torch.tensor([1.0])))
 
 
