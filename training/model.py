@@ -344,9 +344,9 @@ class ShiftRec(nn.Module):
                 module.weight[module.padding_idx].zero_()
 
     def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Every item's representation (N+1, D): id embedding (zero for items unseen in training)
-        + mean tag embedding + projected text vector. Row 0 = 0. With `rows` (K,) only those
-        items' representations (K, D) (what sampled softmax needs of a large catalogue)."""
+        """Every item's representation (N+1, D): its content (`_content_table`) plus, with the
+        item graph, graph_weight^k times its k-step neighbours'. Row 0 = 0. With `rows` (K,) only
+        those items' representations (K, D) (what sampled softmax needs of a large catalogue)."""
         if self.cfg.graph_weight <= 0:
             return self._content_table(rows)
         # propagation over the item graph; row 0 and items without edges unchanged
@@ -369,7 +369,8 @@ class ShiftRec(nn.Module):
         return content[local[: len(rows)]] + self.cfg.graph_weight * spread
 
     def _content_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """item_table before the graph: id embedding + tags + text, all items or `rows`."""
+        """item_table before the graph: id embedding (zero for items unseen in training) + mean tag
+        embedding + projected text vector, all items or `rows`."""
         mask = self.id_mask if rows is None else self.id_mask[rows]  # (N+1, 1) or (K, 1)
         if self.training and self.cfg.id_dropout > 0:  # the same items on the input and output side
             mask = mask * (torch.rand_like(mask) >= self.cfg.id_dropout)
