@@ -107,6 +107,9 @@ class ModelConfig:
     # every seed in Beauty and Sports (training/RESULTS.md, 2026-12-05)
     graph_window: int = 1  # the graph links items up to this many events apart (a step of g counts 1/g)
     graph_hops: int = 1  # propagation steps: the table adds sum over k of graph_weight^k * A^k table
+    graph_text_k: int = 0  # with item text: each item also linked to its k nearest items by title
+    # (`training.text.text_neighbours`; 0 = transitions only), so a rare item borrows its look-alikes'
+    graph_text_weight: float = 1.0  # those edges' share beside the transition edges
 
 
 # A saved model's config names every field of its day; a field added later takes the value the
@@ -253,6 +256,9 @@ class ShiftRec(nn.Module):
         if cfg.graph_weight:
             if cfg.graph_weight < 0:
                 raise ValueError(f"graph_weight must be >= 0, not {cfg.graph_weight!r}")
+            if cfg.graph_text_k < 0 or cfg.graph_text_weight < 0:
+                raise ValueError(f"graph_text_k and graph_text_weight must be >= 0, not "
+                                 f"{cfg.graph_text_k!r} and {cfg.graph_text_weight!r}")
             if cfg.graph_hops < 1 or (cfg.graph_hops > 1 and cfg.loss != "ce"):
                 raise ValueError(f"graph_hops must be >= 1, and 1 under sampled softmax (a batch's rows "
                                  f"gather one step of neighbours); not {cfg.graph_hops!r} with {cfg.loss!r}")

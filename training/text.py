@@ -70,3 +70,43 @@ def item_text_table(item_texts: list[str], **kwargs: Any) -> np.ndarray:
     """(N + 1, 384): row 0 (padding) zero, row i + 1 = item i's text vector."""
     vectors = encode_texts(list(item_texts), **kwargs)
     return np.concatenate([np.zeros((1, TEXT_DIM), dtype=np.float32), vectors])
+
+
+EXACT_NEIGHBOURS_UP_TO = 200_000  # items; beyond, an HNSW index (exact search is quadratic)
+
+
+def text_neighbours(table: np.ndarray, k: int, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The item-text graph: each titled item linked to its `k` most similar titled items (cosine of
+    the unit text vectors of `item_text_table`, only positive similarities), both ways. Returns
+    (2, E) int64 edges and (E,) float32 weights, the symmetrised similarity over sqrt(degree of
+    each end) (the normalisation of `SequenceData.item_transitions`). Row 0 and untitled items
+    (zero vectors) get no edges. Exact search up to EXACT_NEIGHBOURS_UP_TO items, HNSW beyond."""
+    import faiss
+
+    if k < 1:
+        raise ValueError(f"text neighbours per item must be >= 1, not {k!r}")
+    titled = np.flatnonzero(np.abs(table).sum(1) > 0)
+    if len(titled) < 2:
+        return np.zeros((2, 0), np.int64), np.zeros(0, np.float32)
+    vectors = np.ascontiguousarray(table[titled], dtype=np.float32)
+    faiss.omp_set_num_threads(threads)
+    index: faiss.Index
+    if len(titled) <= EXACT_NEIGHBOURS_UP_TO:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(vectors)
+    sims, found = index.search(vectors, min(k + 1, len(titled)))  # each item finds itself too
+    src = np.repeat(np.arange(len(titled)), found.shape[1])
+    dst, sim = found.ravel(), sims.ravel()
+    keep = (dst >= 0) & (dst != src) & (sim > 0)
+    src, dst, sim = titled[src[keep]], titled[dst[keep]], sim[keep].astype(np.float64)
+    # symmetrise: a pair found from either end counts its similarity once each way
+    width = len(table)
+    pairs, where = np.unique(np.r_[src * width + dst, dst * width + src], return_inverse=True)
+    weight = np.zeros(len(pairs))
+    np.maximum.at(weight, where, np.r_[sim, sim])
+    src, dst = pairs // width, pairs % width
+    degree = np.bincount(src, weights=weight, minlength=width)
+    weights = (weight / np.sqrt(degree[src] * degree[dst])).astype(np.float32)
+    return np.stack([src, dst]).astype(np.int64), weights

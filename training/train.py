@@ -190,6 +190,12 @@ def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) ->
     graph = None
     if model_cfg.graph_weight > 0:
         edges, weights = data.item_transitions(model_cfg.graph_window)
+        if model_cfg.graph_text_k > 0 and item_text is not None:
+            from training.text import text_neighbours
+
+            text_edges, text_weights = text_neighbours(item_text.numpy(), model_cfg.graph_text_k, threads)
+            edges = np.concatenate([edges, text_edges], axis=1)  # a pair in both: the weights add up
+            weights = np.concatenate([weights, model_cfg.graph_text_weight * text_weights])
         graph = (torch.from_numpy(edges), torch.from_numpy(weights))
     return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()),
                     torch.from_numpy(data.item_category_index()), graph)

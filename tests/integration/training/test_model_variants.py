@@ -23,7 +23,8 @@ VARIANTS = {"filter": {"filter_alpha": 0.5, "filter_window": 3, "filter_learned"
             "label_smoothing": {"label_smoothing": 0.1},
             "text_mlp": {"text_layers": 2},
             "item_graph": {"graph_weight": 0.5},
-            "graph_window_hops": {"graph_weight": 0.5, "graph_window": 2, "graph_hops": 2}}
+            "graph_window_hops": {"graph_weight": 0.5, "graph_window": 2, "graph_hops": 2},
+            "text_graph": {"graph_weight": 0.5, "graph_text_k": 3}}
 
 
 def small_model(**over) -> ShiftRec:
@@ -360,6 +361,8 @@ def test_a_few_rows_of_the_linked_table_equal_the_whole_tables_rows():
 
 
 @pytest.mark.parametrize(("over", "message"), [({"graph_weight": -0.1}, "graph_weight must be >= 0"),
+                                               ({"graph_text_k": -1}, "graph_text_k and graph_text_weight"),
+                                               ({"graph_text_weight": -0.5}, "graph_text_k and graph_text_weight"),
                                                ({"graph_hops": 0}, "graph_hops must be >= 1"),
                                                ({"graph_hops": 2, "loss": "sampled"}, "graph_hops must be >= 1")])
 def test_a_bad_item_graph_setting_is_refused(over, message):
