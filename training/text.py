@@ -72,7 +72,8 @@ def item_text_table(item_texts: list[str], **kwargs: Any) -> np.ndarray:
     return np.concatenate([np.zeros((1, TEXT_DIM), dtype=np.float32), vectors])
 
 
-EXACT_NEIGHBOURS_UP_TO = 200_000  # items; beyond, an HNSW index (exact search is quadratic)
+EXACT_NEIGHBOURS_UP_TO = 50_000  # titled items; beyond, an HNSW index (exact search is quadratic:
+# 12k items take 15 s on one thread, 200k would take minutes)
 
 
 def text_neighbours(table: np.ndarray, k: int, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
