@@ -3,6 +3,7 @@ get what they get one at a time; a hot swap ends the old model's batching."""
 
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -63,9 +64,24 @@ def test_concurrent_runs_equal_runs_alone(pipeline) -> None:
     batched.close()
 
 
-def test_concurrent_recommends_over_grpc_equal_sequential_ones(serve_in_process, pipeline, features) -> None:  # noqa: F811
+def test_concurrent_recommends_over_grpc_equal_sequential_ones(serve_in_process, pipeline, features,  # noqa: F811
+                                                                monkeypatch) -> None:
+    from services.inference.batching import DynamicBatcher
     from services.inference.server import build_server
 
+    # Each model run made 20 ms longer, so that callers arriving while both slots are busy queue
+    # behind them however fast or loaded the box is (a 1 ms run on an idle box lets a client's
+    # next request find a free slot, and nothing would be shared to observe).
+    real_init = DynamicBatcher.__init__
+
+    def slow_model(self, run_batch, **options):
+        def run(feeds):
+            time.sleep(0.02)
+            return run_batch(feeds)
+
+        real_init(self, run, **options)
+
+    monkeypatch.setattr(DynamicBatcher, "__init__", slow_model)
     server = serve_in_process(lambda: build_server(
         settings_for(pipeline, pipeline.model_dir, features.port, inference_batch_max=16, inference_workers=16),
         port=0))
