@@ -108,10 +108,7 @@ class SequenceData:
         width = self.n_items + 1
         edges, where = np.unique(src * width + dst, return_inverse=True)
         counts = np.bincount(where, weights=np.r_[step[keep], step[keep]], minlength=len(edges))
-        src, dst = edges // width, edges % width
-        degree = np.bincount(src, weights=counts, minlength=width)
-        weights = (counts / np.sqrt(degree[src] * degree[dst])).astype(np.float32)
-        return np.stack([src, dst]), weights
+        return normalised_graph(edges // width, edges % width, counts, width)
 
     def train_end(self, user: int) -> int:
         """Events before this position are training data."""
@@ -131,6 +128,14 @@ class SequenceData:
             h.update(times.tobytes())
         h.update(self.holdout.encode())
         return h.hexdigest()
+
+
+def normalised_graph(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2, E) int64 edges and (E,) float32 weights of a symmetric graph over `width` nodes, each
+    weight over sqrt(degree of each end) (LightGCN's symmetric normalisation)."""
+    degree = np.bincount(src, weights=weight, minlength=width)
+    weights = (weight / np.sqrt(degree[src] * degree[dst])).astype(np.float32)
+    return np.stack([src, dst]).astype(np.int64), weights
 
 
 def from_records(

@@ -84,6 +84,8 @@ def text_neighbours(table: np.ndarray, k: int, threads: int = 2) -> tuple[np.nda
     (zero vectors) get no edges. Exact search up to EXACT_NEIGHBOURS_UP_TO items, HNSW beyond."""
     import faiss
 
+    from training.data import normalised_graph
+
     if k < 1:
         raise ValueError(f"text neighbours per item must be >= 1, not {k!r}")
     titled = np.flatnonzero(np.abs(table).sum(1) > 0)
@@ -107,7 +109,4 @@ def text_neighbours(table: np.ndarray, k: int, threads: int = 2) -> tuple[np.nda
     pairs, where = np.unique(np.r_[src * width + dst, dst * width + src], return_inverse=True)
     weight = np.zeros(len(pairs))
     np.maximum.at(weight, where, np.r_[sim, sim])
-    src, dst = pairs // width, pairs % width
-    degree = np.bincount(src, weights=weight, minlength=width)
-    weights = (weight / np.sqrt(degree[src] * degree[dst])).astype(np.float32)
-    return np.stack([src, dst]).astype(np.int64), weights
+    return normalised_graph(pairs // width, pairs % width, weight, width)
