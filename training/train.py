@@ -292,11 +292,16 @@ def resolve_configs(
                       "fine-tuning on all of them", file=sys.stderr)
     if run.pretrain:
         overrides = {"use_text": True, **(overrides or {})}
+    return data, parent, *run_configs(run, overrides)
+
+
+def run_configs(run: RunOptions, overrides: dict[str, Any] | None) -> tuple[ModelConfig, TrainConfig]:
+    """Today's defaults with `overrides` on top, and the run's device, seed and epochs."""
     model_over, train_over = split_overrides(overrides or {})
     train_over.update({"device": run.device, "seed": run.seed})
     if run.epochs is not None:
         train_over["epochs"] = run.epochs
-    return data, parent, ModelConfig(**model_over), TrainConfig(**train_over)
+    return ModelConfig(**model_over), TrainConfig(**train_over)
 
 
 def main(*, data: SequenceData, out: str | None, run: RunOptions | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.experiments.runs import load_results, run_tasks
+from training.experiments.runs import kept_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
 COLUMNS = ("valid_NDCG@10", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
@@ -26,6 +26,9 @@ COLUMNS = ("valid_NDCG@10", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR
 # the last 5 events' categories): P(move) AUC, moved/stayed NDCG@10, moved shoppers' category-hit@10
 MIGRATION = ("AUC_move", "NDCG@10_moved", "NDCG@10_stayed", "cat_hit@10_moved")
 BASELINES = "baselines"
+# what a kept run's config may differ in and still answer its task: data-sized fields, and the
+# budget and hardware knobs that do not change what is trained
+NOT_IDENTITY = {"model": {"n_items", "n_tags", "n_categories"}, "train": {"device", "threads", "max_minutes"}}
 
 
 def seed_list(text: str) -> list[int]:
@@ -72,6 +75,34 @@ def plan(datasets: str, domains: list[str], seeds: int | list[int], variants: tu
                               "variant": variant, "seed": seed, "overrides": {**over, "threads": threads},
                               "epochs": epochs, "device": device, "categories": categories})
     return tasks
+
+
+def planned_config(task: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model and training config a training task would run with today's defaults, as a
+    kept run records it (`config` in its JSON)."""
+    from dataclasses import asdict
+
+    from training.train import RunOptions, run_configs
+
+    run = RunOptions(epochs=task["epochs"], device=task["device"], seed=task["seed"])
+    model_cfg, train_cfg = run_configs(run, task["overrides"])
+    return json.loads(json.dumps({"model": asdict(model_cfg), "train": asdict(train_cfg)}))
+
+
+def stale(task: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """Why a kept run does not answer `task` (None when it does): a field of the config it was
+    trained with differs from what the task asks for now — a default changed since it ran, or
+    it was planned with other overrides. Equal configs reached by other overrides count as equal."""
+    if task["variant"] == BASELINES:
+        return None
+    kept = run.get("config")
+    if kept is None:
+        return "no config recorded"
+    want = planned_config(task)
+    diffs = [f"{part}.{key} {kept[part].get(key)!r} -> {value!r}" for part in ("model", "train")
+             for key, value in want[part].items()
+             if key not in NOT_IDENTITY[part] and kept[part].get(key) != value]
+    return ", ".join(diffs) or None
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -192,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(runs: dict[str, dict[str, Any]]) -> None:  # after every run: an interrupted report keeps its table
         _write(collate(tasks, runs, overrides), args.out)
 
-    runs = load_results(work) if args.table_only else run_tasks(tasks, run_task, work, jobs=args.jobs,
-                                                                label="report", on_result=write)
+    runs = (kept_results(tasks, work, "report", stale) if args.table_only
+            else run_tasks(tasks, run_task, work, jobs=args.jobs, label="report", on_result=write, stale=stale))
     results = collate(tasks, runs, overrides)
     _write(results, args.out)
     print(markdown(results))

@@ -20,6 +20,25 @@ def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
 
 
+def kept_results(
+    tasks: list[dict[str, Any]],
+    results_dir: Path,
+    label: str,
+    stale: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The kept results of `tasks`, by name, less those `stale` finds out of date (each said)."""
+    kept = load_results(results_dir) if results_dir.exists() else {}
+    results = {}
+    for task in tasks:
+        result = kept.get(task["name"])
+        why = None if result is None or stale is None else stale(task, result)
+        if why is not None:
+            print(f"[{label}] kept {task['name']} is out of date ({why}): not used", file=sys.stderr, flush=True)
+        elif result is not None:
+            results[task["name"]] = result
+    return results
+
+
 def run_tasks(
     tasks: list[dict[str, Any]],
     worker: Callable[[dict[str, Any]], dict[str, Any]],
@@ -28,13 +47,14 @@ def run_tasks(
     jobs: int,
     label: str,
     on_result: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    stale: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every task not already kept in `results_dir` with `worker` (a module-level function,
     since workers are spawned), `jobs` at a time; returns the results of all `tasks`.
-    `on_result` is called with the results so far each time a run lands."""
+    `on_result` is called with the results so far each time a run lands. `stale(task, kept)`
+    says why a kept result no longer answers its task (None: it does); such a run is done again."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    kept = load_results(results_dir)
-    results = {t["name"]: kept[t["name"]] for t in tasks if t["name"] in kept}
+    results = kept_results(tasks, results_dir, label, stale)
     pending = [t for t in tasks if t["name"] not in results]
     names = {t["name"] for t in tasks}
     for task in pending:

@@ -1,7 +1,7 @@
 """The quality report (`make report-train`) and the training benchmark (`make bench-train`) on
 a tiny generated domain: every row of the table is produced, the ablation really switches the
-inputs off, an interrupted report resumes without repeating a finished run, and the benchmark
-stops at its target or its time budget."""
+inputs off, an interrupted report resumes without repeating a finished run (nor reusing one trained with
+another config), and the benchmark stops at its target or its time budget."""
 
 import json
 
@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from training import baselines
 from training.data import load_files
 from training.experiments import report
+from training.model import ModelConfig
 
 from .conftest import TINY, write_domain
 
@@ -68,6 +69,29 @@ def test_the_report_has_every_row_and_resumes(datasets, tmp_path, capsys):
     assert report.main([*args, "--table-only"]) == 0
     out = capsys.readouterr()
     assert "[report] start" not in out.err and (tmp_path / "out" / "report.md").read_text() in out.out
+
+    # a kept run trained with another config (as when a default changes after it ran) is not
+    # reused: the table leaves it out and the next report trains it again
+    path = tmp_path / "out" / "runs" / "Tiny-model-0.json"
+    tampered = json.loads(path.read_text())
+    tampered["config"]["model"]["graph_text_k"] += 5
+    path.write_text(json.dumps(tampered))
+    assert report.main([*args, "--table-only"]) == 0
+    out = capsys.readouterr()
+    assert "kept Tiny-model-0 is out of date (model.graph_text_k" in out.err and "[report] start" not in out.err
+    assert [r["seed"] for r in json.loads((tmp_path / "out" / "report.json").read_text())
+            ["domains"]["Tiny"]["model"]] == [1]
+    assert report.main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("[report] start") == 1 and "start Tiny-model-0" in err
+    assert json.loads(path.read_text())["config"]["model"]["graph_text_k"] == tampered["config"]["model"]["graph_text_k"] - 5
+
+    # the identity is the config trained, not the overrides that reached it: naming a default's
+    # own value, or another per-run time budget, repeats nothing
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({**TINY, "epochs": 2, "graph_text_k": ModelConfig().graph_text_k}))
+    assert report.main([*args, "--config", str(same), "--max-minutes", "30"]) == 0
+    assert "[report] start" not in capsys.readouterr().err
 
 
 def test_the_training_benchmark_stops_at_its_target(datasets, tmp_path, capsys):
