@@ -107,14 +107,15 @@ class ModelConfig:
     # every seed in Beauty and Sports (training/RESULTS.md, 2026-12-05)
     graph_window: int = 1  # the graph links items up to this many events apart (a step of g counts 1/g)
     graph_hops: int = 1  # propagation steps: the table adds sum over k of graph_weight^k * A^k table
-    graph_text_k: int = 0  # with item text: each item also linked to its k nearest items by title
+    graph_text_k: int = 10  # with item text: each item also linked to its k nearest items by title
     # (`training.text.text_neighbours`; 0 = transitions only), so a rare item borrows its look-alikes'
-    graph_text_weight: float = 1.0  # those edges' share beside the transition edges
+    graph_text_weight: float = 2.0  # those edges' share beside the transition edges. k 10 at weight
+    # 2 beat 0, .5 and 1 on validation in Beauty and Sports (training/RESULTS.md, 2026-12-06)
 
 
 # A saved model's config names every field of its day; a field added later takes the value the
 # model was trained with, which is what the field did before it existed, not today's default.
-BEFORE_FIELD_EXISTED: dict[str, Any] = {"graph_weight": 0.0}
+BEFORE_FIELD_EXISTED: dict[str, Any] = {"graph_weight": 0.0, "graph_text_k": 0}
 
 
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:

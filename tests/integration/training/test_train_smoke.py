@@ -174,23 +174,26 @@ def test_finetune_starts_from_the_parent_and_records_it(tiny, tmp_path):
                                atol=1e-6)
 
 
-def test_a_parent_saved_before_a_field_existed_fine_tunes_as_it_was_trained(tiny, tmp_path):
-    """A package written before `graph_weight` existed has no such key: it was trained without
-    the item graph, so its child must not gain one from today's default (lr 0: same scores)."""
+@pytest.mark.parametrize("field", ["graph_weight", "graph_text_k"])
+def test_a_parent_saved_before_a_field_existed_fine_tunes_as_it_was_trained(tiny, tmp_path, field):
+    """A package written before `field` existed has no such key: it was trained without what the
+    field turns on (the item graph, its text edges), so its child must not gain it from today's
+    default (lr 0: same scores)."""
     import torch
 
     from training.export import WEIGHTS_FILE
 
+    assert getattr(ModelConfig(), field) != 0  # today's default turns it on: the test means something
     models = tmp_path / "models"
-    main(data=tiny, out=str(models), run=RunOptions(overrides={**TINY, "graph_weight": 0.0, "epochs": 1},
+    main(data=tiny, out=str(models), run=RunOptions(overrides={**TINY, field: 0, "epochs": 1},
                                                     device="cpu", progress=False, version="old"))
     weights = torch.load(models / "old" / WEIGHTS_FILE, weights_only=True)
-    del weights["model_config"]["graph_weight"]
+    del weights["model_config"][field]
     torch.save(weights, models / "old" / WEIGHTS_FILE)
     main(data=tiny, out=str(models), run=RunOptions(overrides={"epochs": 1, "lr": 0.0}, device="cpu",
                                                     progress=False, version="child", finetune_from=str(models)))
     parent, child = pkg.load_manifest(models / "old"), pkg.load_manifest(models / "child")
-    assert child.config["model"]["graph_weight"] == 0.0
+    assert child.config["model"][field] == 0
     np.testing.assert_allclose(child.parity_sample["top10_scores"], parent.parity_sample["top10_scores"],
                                atol=1e-6)
 
