@@ -37,8 +37,9 @@ and 1 - P(move) inside it, and next-item scores re-weighted towards it by a fact
 validation after training (`training.migration`).
 
 Items that never occur in the training events keep no id embedding (their row is masked to
-zero), so a cold-start item is scored from its content alone instead of from an untrained row
-that the softmax has pushed down.
+zero), so a cold-start item is scored from its content (and, through the item graph's text
+edges, its title look-alikes' rows) instead of from an untrained row that the softmax has pushed
+down.
 
 Inputs are left-padded (B, L) int64 tensors: item indices (0 = padding), event types
 (0 = padding) and unix-second timestamps. `loss()` is the training objective; `score()` is the

@@ -58,16 +58,24 @@ def test_held_out_items_occur_only_as_test_targets(tiny):
     assert targets_held > 0
 
 
-def test_unseen_items_are_scored_from_their_content_alone(tiny):
+@pytest.mark.parametrize("text_k", [0, 3])
+def test_unseen_items_are_scored_from_their_content_and_look_alikes(tiny, text_k):
+    """An item no training event touches has no id part of its own: its row is its content
+    (attributes, text) plus the item graph's share, which for it can only come from its title
+    look-alikes (text edges), never from transitions it does not have."""
     data, held = hold_out_items(tiny, 0.2, seed=0)
-    result = train(data, ModelConfig(**TEXT), TrainConfig(epochs=1, device="cpu"), progress=False)
+    result = train(data, ModelConfig(**TEXT, graph_text_k=text_k), TrainConfig(epochs=1, device="cpu"), progress=False)
     model = result.model
     with torch.no_grad():
-        table = model.item_table()
+        table, own = model.item_table(), model._content_table()
         content = model.tag_emb(model.item_tags) + model.text_proj(model.item_text)
+        share = torch.sparse.mm(model.graph, own)
     cold = torch.from_numpy(held)
-    torch.testing.assert_close(table[cold], content[cold])  # no id part
-    assert (table[~cold][1:] - content[~cold][1:]).abs().sum() > 0  # warm items have one
+    torch.testing.assert_close(own[cold], content[cold])  # no id part
+    assert (own[~cold][1:] - content[~cold][1:]).abs().sum() > 0  # warm items have one
+    torch.testing.assert_close(table[cold], content[cold] + model.cfg.graph_weight * share[cold])
+    borrowed = share[cold].abs().sum(dim=1) > 0
+    assert borrowed.all() if text_k else not borrowed.any()
 
 
 def test_id_dropout_hides_ids_in_training_only(tiny):
