@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path,
                         help="JSON file {variant name: config overrides} (experiments; selection by valid_NDCG@10)")
     parser.add_argument("--no-baselines", action="store_true", help="train the variants only")
-    parser.add_argument("--max-minutes", type=float, default=45.0,
-                        help="wall-clock cap per run: runs side by side are slower than one alone")
+    parser.add_argument("--max-minutes", type=float, default=60.0,
+                        help="wall-clock cap per training loop: runs side by side are slower than one alone "
+                        "(with the text edges a Sports run beside another takes 33-47 min)")
     parser.add_argument("--config", help="JSON file of config overrides")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--device", default="auto")
