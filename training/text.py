@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.data import normalised_graph
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -83,8 +85,6 @@ def text_neighbours(table: np.ndarray, k: int, threads: int = 2) -> tuple[np.nda
     each end) (the normalisation of `SequenceData.item_transitions`). Row 0 and untitled items
     (zero vectors) get no edges. Exact search up to EXACT_NEIGHBOURS_UP_TO items, HNSW beyond."""
     import faiss
-
-    from training.data import normalised_graph
 
     if k < 1:
         raise ValueError(f"text neighbours per item must be >= 1, not {k!r}")
