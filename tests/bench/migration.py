@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tests.bench.common import write_json
-from training.experiments.runs import load_results, run_tasks
+from training.experiments.runs import kept_results, run_tasks
 
 WINDOW = 5
 COLUMNS = (("AUC_move", "AUC"), ("ECE_move", "ECE"), ("dest_top1", "dest top-1"), ("dest_top3", "dest top-3"),
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true", help="collate the kept runs, train nothing")
     args = parser.parse_args(argv)
     tasks = plan(args)
-    runs = load_results(args.work) if args.table_only else run_tasks(tasks, run_task, args.work, jobs=args.jobs,
-                                                                     label="migration")
+    runs = (kept_results(tasks, args.work, "migration") if args.table_only
+            else run_tasks(tasks, run_task, args.work, jobs=args.jobs, label="migration"))
     groups = collate(tasks, runs)
     print(markdown(groups))
     write_json(args.out, {"benchmark": "migration", "window": WINDOW, "groups": groups})

@@ -32,7 +32,7 @@ import numpy as np
 
 from training.experiments import cold_start, cross_domain, shared_shoppers, temporal
 from training.experiments.cross_domain import FINETUNE, SCRATCH
-from training.experiments.runs import load_results, run_tasks
+from training.experiments.runs import kept_results, run_tasks
 from training.experiments.temporal import time_to_reach
 
 # A task's "kind" (kept in the run files under --work) -> the experiment that runs it.
@@ -92,9 +92,13 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]
     return pretrain, free, after
 
 
-def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def run_all(args: argparse.Namespace, table_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Every run of the plan (`table_only`: those kept under today's defaults, training nothing)."""
     pretrain, free, after = plan(args)
-    return run_tasks([pretrain, *free, *after], run_task, args.work / "runs", jobs=args.jobs, label="transfer")
+    tasks = [pretrain, *free, *after]
+    if table_only:
+        return kept_results(tasks, args.work / "runs", "transfer")
+    return run_tasks(tasks, run_task, args.work / "runs", jobs=args.jobs, label="transfer")
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -211,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(args.work)
-    if args.table_only:
-        results = load_results(args.work / "runs")
-    else:
-        results = run_all(args)
+    results = run_all(args, table_only=args.table_only)
     summary = summarize(results, args)
     print_table(summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
