@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.experiments.runs import kept_results, run_tasks
+from training.experiments.runs import config_diff, kept_results, run_tasks
 
 ABLATION = {"use_tags": False, "use_types": False, "use_time": False}
 COLUMNS = ("valid_NDCG@10", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR", "AUC", "GAUC",
@@ -98,11 +98,7 @@ def stale(task: dict[str, Any], run: dict[str, Any]) -> str | None:
     kept = run.get("config")
     if kept is None:
         return "no config recorded"
-    want = planned_config(task)
-    diffs = [f"{part}.{key} {kept[part].get(key)!r} -> {value!r}" for part in ("model", "train")
-             for key, value in want[part].items()
-             if key not in NOT_IDENTITY[part] and kept[part].get(key) != value]
-    return ", ".join(diffs) or None
+    return config_diff(kept, planned_config(task), NOT_IDENTITY)
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:

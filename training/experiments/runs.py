@@ -43,10 +43,17 @@ def defaults_changed(task: dict[str, Any], kept: dict[str, Any]) -> str | None:
     then = kept.get("defaults")
     if then is None:
         return "no defaults recorded"
-    now = today_defaults()
+    return config_diff(then, today_defaults())
+
+
+def config_diff(then: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
+                ignore: dict[str, set[str]] | None = None) -> str | None:
+    """The model/train fields where `then` differs from `now` ("model.dim 64 -> 128, …"), less
+    those in `ignore` per part; None when they agree."""
+    ignore = ignore or {}
     diffs = [f"{part}.{key} {then.get(part, {}).get(key)!r} -> {value!r}"
              for part in ("model", "train") for key, value in now[part].items()
-             if then.get(part, {}).get(key) != value]
+             if key not in ignore.get(part, ()) and then.get(part, {}).get(key) != value]
     return ", ".join(diffs) or None
 
 
