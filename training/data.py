@@ -110,6 +110,30 @@ class SequenceData:
         counts = np.bincount(where, weights=np.r_[step[keep], step[keep]], minlength=len(edges))
         return normalised_graph(edges // width, edges % width, counts, width)
 
+    def item_steps(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The training events' directed steps, item a then item b (a != b) in one shopper's
+        training events, as compressed rows: `starts` (N+2,) int64, row a's entries at
+        starts[a]:starts[a+1] of `cols` (E,) int64 (b) and `values` (E,) float32 (log(1 + the
+        step's count)), each row's strongest k (by count, ties by item) first. Held-out events
+        never enter it."""
+        if k < 1:
+            raise ValueError(f"the steps kept per item must be >= 1, not {k!r}")
+        seqs = [self.items[u][: self.train_end(u)] for u in range(len(self.users)) if self.trains_on(u)]
+        src = np.concatenate([s[:-1] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)]).astype(np.int64)
+        dst = np.concatenate([s[1:] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)]).astype(np.int64)
+        keep = src != dst
+        width = self.n_items + 1
+        pairs, counts = np.unique(src[keep] * width + dst[keep], return_counts=True)
+        rows, cols = pairs // width, pairs % width
+        order = np.lexsort((cols, -counts, rows))  # by row, strongest first, ties by item
+        rows, cols, counts = rows[order], cols[order], counts[order]
+        first = np.searchsorted(rows, rows)  # each entry's row start
+        kept = np.arange(len(rows)) - first < k
+        rows, cols, counts = rows[kept], cols[kept], counts[kept]
+        starts = np.zeros(width + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(np.bincount(rows, minlength=width))
+        return starts, cols.astype(np.int64), np.log1p(counts).astype(np.float32)
+
     def train_end(self, user: int) -> int:
         """Events before this position are training data."""
         valid = self.target_index(user, "valid")

@@ -36,6 +36,13 @@ and 1 - P(move) inside it, and next-item scores re-weighted towards it by a fact
 (0 = the plain next-item scores); the calibration, the destination mix and `beta` are fitted on
 validation after training (`training.migration`).
 
+Step prior (`step_prior_k` > 0, on by default): the served next-item logits add `step_weight` x
+log(1 + how often the training events step from the shopper's last item to the item), each item's
+strongest k steps kept — an explicit first-order Markov term (FPMC's, Rendle et al., WWW 2010, in
+its simplest form) beside what the item graph spreads through the embeddings. It is not trained:
+`step_weight` is fitted on validation after training (`training.step_prior`), before the migration
+re-weighting, which then reads the distribution with it.
+
 Items that never occur in the training events keep no id embedding (their row is masked to
 zero), so a cold-start item is scored from its content (and, through the item graph's text
 edges, its title look-alikes' rows) instead of from an untrained row that the softmax has pushed
@@ -112,11 +119,15 @@ class ModelConfig:
     # (`training.text.text_neighbours`; 0 = transitions only), so a rare item borrows its look-alikes'
     graph_text_weight: float = 2.0  # those edges' share beside the transition edges. k 10 at weight
     # 2 beat 0, .5 and 1 on validation in Beauty and Sports (training/RESULTS.md, 2026-12-06)
+    step_prior_k: int = 64  # the served scores add `step_weight` x log(1 + count of the step from the
+    # shopper's last item to the item) over the training events, each item's strongest k steps kept
+    # (0 = none); the weight is fitted on validation after training (`training.step_prior`), so
+    # training is unchanged by it (training/RESULTS.md, 2026-12-06)
 
 
 # A saved model's config names every field of its day; a field added later takes the value the
 # model was trained with, which is what the field did before it existed, not today's default.
-BEFORE_FIELD_EXISTED: dict[str, Any] = {"graph_weight": 0.0, "graph_text_k": 0}
+BEFORE_FIELD_EXISTED: dict[str, Any] = {"graph_weight": 0.0, "graph_text_k": 0, "step_prior_k": 0}
 
 
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +247,7 @@ class ShiftRec(nn.Module):
         item_known: torch.Tensor | None = None,
         item_categories: torch.Tensor | None = None,
         item_graph: tuple[torch.Tensor, torch.Tensor] | None = None,
+        item_steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Constants per item: `item_tags` (N+1, T) int64 tag indices, 0-padded; `item_text`
         (N+1, text_dim) float text vectors (when cfg.use_text); `item_known` (N+1,) bool, False
@@ -243,7 +255,8 @@ class ShiftRec(nn.Module):
         `item_categories` (N+1,) int64 category index of each item, 1..n_categories (row 0 = 0;
         default: one category for every item); `item_graph` ((2, E) int64 edges, (E,) weights: the
         training events' item graph, `SequenceData.item_transitions`; default: no edges) when
-        cfg.graph_weight > 0."""
+        cfg.graph_weight > 0; `item_steps` (starts (N+2,), cols (E,), values (E,): the training
+        events' directed steps, `SequenceData.item_steps`; default: none) when cfg.step_prior_k > 0."""
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
@@ -272,6 +285,22 @@ class ShiftRec(nn.Module):
             self._derive_graph()
             # a loaded state's edges replace these in place: what is derived from them follows
             self.register_load_state_dict_post_hook(ShiftRec._graph_after_load)
+        if cfg.step_prior_k < 0:
+            raise ValueError(f"step_prior_k must be >= 0, not {cfg.step_prior_k!r}")
+        if cfg.step_prior_k:
+            if item_steps is None:  # no steps: a prior of zero everywhere
+                item_steps = (torch.zeros(cfg.n_items + 2, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                              torch.zeros(0))
+            starts, cols, values = item_steps
+            if tuple(starts.shape) != (cfg.n_items + 2,) or cols.shape != values.shape:
+                raise ValueError(f"item_steps needs starts of shape ({cfg.n_items + 2},) and cols and values alike")
+            # one entry past the last, (padding, 0): where a row's unused slots read
+            self.register_buffer("step_starts", starts.to(torch.int64).clone(), persistent=True)
+            self.register_buffer("step_cols", torch.cat([cols.to(torch.int64), torch.zeros(1, dtype=torch.int64)]),
+                                 persistent=True)  # (E+1,)
+            self.register_buffer("step_values", torch.cat([values.to(torch.float32), torch.zeros(1)]),
+                                 persistent=True)  # (E+1,)
+            self.register_buffer("step_weight", torch.tensor(0.0), persistent=True)  # fitted on validation
         if cfg.text_layers not in (1, 2):  # refused with or without text: a config means what it says
             raise ValueError(f"text_layers must be 1 or 2, not {cfg.text_layers!r}")
         self.pos_emb = nn.Embedding(cfg.max_len, D)
@@ -394,8 +423,10 @@ class ShiftRec(nn.Module):
     def from_state(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> "ShiftRec":
         """The model of a saved state (a package's `weights.pt`), with the per-item constants it holds."""
         graph = (state["graph_edges"], state["graph_weights"]) if "graph_edges" in state else None
+        steps = ((state["step_starts"], state["step_cols"][:-1], state["step_values"][:-1])
+                 if "step_starts" in state else None)
         model = cls(cfg, state["item_tags"], state.get("item_text"), state["id_mask"][:, 0] > 0,
-                    state.get("item_cat"), graph)
+                    state.get("item_cat"), graph, steps)
         model.load_state_dict(state)
         return model
 
@@ -433,6 +464,22 @@ class ShiftRec(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, bias, valid, last=last and i == len(self.blocks) - 1)
         return self.ln_f(x[:, -1:] if last else x)  # (B, L, D) or (B, 1, D)
+
+    def steps_from(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strongest `step_prior_k` steps from each of `last` (B,) items: destination items
+        (B, K) and their log(1 + count) (B, K); unused slots hold (padding, 0)."""
+        k = self.cfg.step_prior_k
+        lo, hi = self.step_starts[last], self.step_starts[last + 1]  # (B,)
+        slot = lo[:, None] + torch.arange(k, device=last.device)  # (B, K)
+        slot = torch.where(slot < hi[:, None], slot, self.step_cols.shape[0] - 1)  # unused: the (padding, 0) entry
+        return self.step_cols[slot], self.step_values[slot]
+
+    def step_prior(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, N) the unweighted prior of every item (column j = item j + 1) given each row's
+        last item (left-padded `items` (B, L); a row of padding has none: zeros)."""
+        cols, values = self.steps_from(items[:, -1])
+        prior = torch.zeros(items.shape[0], self.cfg.n_items + 1, device=items.device)
+        return prior.scatter_add(1, cols, values)[:, 1:]
 
     def window_mask(self, items: torch.Tensor) -> torch.Tensor:
         """(B, L, C+1) float, 1 where the category occurs among the last `shift_window` events up to
@@ -534,7 +581,8 @@ class ShiftRec(nn.Module):
         table: "torch.Tensor | ItemTableT | None" = None,
     ) -> dict[str, torch.Tensor]:
         """The inference path, for the last position of each row:
-        base (B, N) next-item logits; scores (B, N) the same re-weighted toward the predicted
+        base (B, N) next-item logits (with the step prior: plus step_weight times `prior` (B, N),
+        also returned, unweighted); scores (B, N) the same re-weighted toward the predicted
         next categories (base + beta * (log p_next_category - log p_category under base), per
         item's category); user (B, D); move_logit (B,) raw; shift_probability (B,) calibrated
         P(move); category_probabilities (B, C) next-category distribution (column c = category
@@ -548,6 +596,10 @@ class ShiftRec(nn.Module):
             base = (h @ table.t)[:, 1:]  # (B, N); the export's one copy of the table, (D, N+1)
         else:
             base = h @ table[1:].T  # (B, N)
+        prior = None
+        if self.cfg.step_prior_k:  # the step prior, before the re-weighting reads the distribution
+            prior = self.step_prior(items)  # (B, N)
+            base = base + self.step_weight * prior
         # per-category sums of the next-item distribution; a scatter-add, not a product with the
         # (N, C+1) one-hot table, which ONNX Runtime re-packs on every call (0.5 ms at batch 1)
         probs = F.softmax(base, dim=-1)  # (B, N)
@@ -555,7 +607,8 @@ class ShiftRec(nn.Module):
             1, self.item_cat[1:].expand_as(probs), probs)  # (B, C+1)
         out = self.migrate(h, items, item_cat_p)
         scores = base + self.beta * out["delta"][:, self.item_cat[1:]]  # (B, N)
-        return {"base": base, "scores": scores, "user": h, **out}
+        extra = {} if prior is None else {"prior": prior}
+        return {"base": base, "scores": scores, "user": h, **extra, **out}
 
     def migrate(self, h: torch.Tensor, items: torch.Tensor, item_cat_p: torch.Tensor) -> dict[str, torch.Tensor]:
         """The interest-migration part of `serve` from the user states h (B, D), the inputs' items
@@ -599,6 +652,10 @@ class ShiftRec(nn.Module):
         the sample's term, so that the sample estimates only what the candidates do not cover
         (counting the head twice pulled the shares toward the candidates' categories)."""
         base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
+        if self.cfg.step_prior_k:  # `serve`'s step prior, for the candidates
+            cols, values = self.steps_from(items[:, -1])  # (B, K)
+            hit = (cols[:, None, :] == (candidates + 1)[:, :, None]).to(base.dtype)  # (B, M, K)
+            base = base + self.step_weight * (hit * values[:, None, :]).sum(-1)
         cats = self.item_cat[candidates + 1]  # (B, M)
         zeros = torch.zeros(base.shape[0], self.cat_onehot.shape[1], device=base.device)
         if mass is None:

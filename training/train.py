@@ -197,8 +197,12 @@ def build_model(model_cfg: ModelConfig, data: SequenceData, threads: int = 2) ->
             edges = np.concatenate([edges, text_edges], axis=1)  # a pair in both: the weights add up
             weights = np.concatenate([weights, model_cfg.graph_text_weight * text_weights])
         graph = (torch.from_numpy(edges), torch.from_numpy(weights))
+    steps = None
+    if model_cfg.step_prior_k > 0:
+        starts, cols, values = data.item_steps(model_cfg.step_prior_k)
+        steps = (torch.from_numpy(starts), torch.from_numpy(cols), torch.from_numpy(values))
     return ShiftRec(model_cfg, torch.from_numpy(data.item_tags), item_text, torch.from_numpy(data.item_known()),
-                    torch.from_numpy(data.item_category_index()), graph)
+                    torch.from_numpy(data.item_category_index()), graph, steps)
 
 
 def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData) -> None:
@@ -212,7 +216,9 @@ def load_warm_start(model: ShiftRec, parent: dict[str, Any], data: SequenceData)
     rows = {"item_emb.weight": (parent["item_vocab"], data.item_vocab)}
     if not parent.get("pretrain"):
         rows["tag_emb.weight"] = (parent["tag_vocab"], data.tag_vocab)
-    skip = {"item_tags", "item_text", "id_mask", "item_cat", "graph_edges", "graph_weights"} | (
+    # per-item constants come from this data; the step prior's weight is fitted again after training
+    skip = {"item_tags", "item_text", "id_mask", "item_cat", "graph_edges", "graph_weights", "step_starts",
+            "step_cols", "step_values", "step_weight"} | (
         {"tag_emb.weight"} - set(rows))
     for name, value in parent["state_dict"].items():
         if name not in state or name in skip:
@@ -314,9 +320,11 @@ def main(*, data: SequenceData, out: str | None, run: RunOptions | None = None) 
     trained = train(data, model_cfg, train_cfg, progress=progress, warm_start=parent)
     dev = torch.device(trained.device)
 
-    # interest migration: P(move) calibration, destination mix and re-weighting fitted on validation
-    from training import migration
+    # the step prior's weight, then interest migration (P(move) calibration, destination mix and
+    # re-weighting, on the distribution with the prior), each fitted on validation
+    from training import migration, step_prior
 
+    step_fit = step_prior.fit(trained.model, data, dev)
     migration_fit = migration.fit(trained.model, data, dev)
 
     # evaluation (test split in the literature setting, validation when training for serving)
@@ -331,6 +339,7 @@ def main(*, data: SequenceData, out: str | None, run: RunOptions | None = None) 
         "metrics": metrics,
         "migration": migration.evaluate(trained.model, data, split, dev),
         "migration_fit": migration_fit,
+        "step_prior_fit": step_fit,
         "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history),
         "train_seconds": trained.seconds,
