@@ -650,7 +650,9 @@ class ShiftRec(nn.Module):
         catalogue). `slots` gives each catalogue column's place in the sample (-1: not sampled):
         a sampled item that is also a candidate is counted once, as a candidate, and left out of
         the sample's term, so that the sample estimates only what the candidates do not cover
-        (counting the head twice pulled the shares toward the candidates' categories)."""
+        (counting the head twice pulled the shares toward the candidates' categories). The step
+        prior is added to the candidates' scores exactly; the sample's term leaves it out (it
+        touches at most `step_prior_k` items of a row; those outside the candidates are missed)."""
         base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
         if self.cfg.step_prior_k:  # `serve`'s step prior, for the candidates
             cols, values = self.steps_from(items[:, -1])  # (B, K)
