@@ -25,11 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from training import metrics
-from training.data import SequenceData, eval_set, load_files
-from training.evaluation import length_batches, mask_history
-from training.experiments.ensemble import member_scorer
-from training.migration import move_labels
+from training.data import Inputs, SequenceData, load_files
+from training.experiments.ensemble import judge, member_scorer
 
 FEATURES = ("logcount", "prob", "both")
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -66,39 +63,24 @@ class StepMatrix:
         return out
 
 
-def ranks_by_weight(data: SequenceData, scorer: Any, steps: StepMatrix, split: str, max_len: int,
-                    weights: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-    """Per weight, the target ranks (greater, ties) of the split, history masked."""
-    es = eval_set(data, split, max_len)
-    out = {w: (np.zeros(len(es.users), np.int64), np.zeros(len(es.users), np.int64)) for w in weights}
-    for rows in length_batches(es, 512):
-        base = np.asarray(scorer(es.inputs.rows(rows)), dtype=np.float32)
-        prior = steps.rows(es.inputs.items[rows, -1], data.n_items)
-        for w in weights:
-            scores = base + np.float32(w) * prior
-            mask_history(scores, es, rows)
-            out[w][0][rows], out[w][1][rows] = metrics.target_ranks(scores, es.targets[rows] - 1)
-    return out
+def with_prior(scorer: Any, steps: StepMatrix, n_items: int, weight: float) -> Any:
+    """The scorer's scores plus `weight` times the step feature from each row's last item."""
+    def score(inputs: Inputs) -> np.ndarray:
+        return np.asarray(scorer(inputs), dtype=np.float32) + np.float32(weight) * steps.rows(inputs.items[:, -1], n_items)
+    return score
 
 
 def run(data: SequenceData, package: str, features: tuple[str, ...], threads: int = 2,
         weights: tuple[float, ...] = WEIGHTS) -> list[dict[str, Any]]:
-    """One row per feature and weight: validation NDCG@10; test NDCG@10 / HR@10, moved / stayed."""
+    """One row per feature and weight, judged as the ensemble's rows are: validation and test
+    NDCG@10, test HR@10, and test NDCG@10 of moved and stayed shoppers."""
     scorer, cfg = member_scorer(package, data, threads)
-    moved = move_labels(data, "test", cfg.shift_window, cfg.max_len)[1]
     rows = []
     for feature in features:
         steps = StepMatrix(data, feature)
-        valid = ranks_by_weight(data, scorer, steps, "valid", cfg.max_len, weights)
-        test = ranks_by_weight(data, scorer, steps, "test", cfg.max_len, weights)
-        for w in weights:
-            g, t = test[w]
-            row = {"feature": feature, "weight": w,
-                   "valid_NDCG@10": metrics.ranking_metrics(*valid[w], (10,))["NDCG@10"],
-                   **{f"test_{k}": v for k, v in metrics.ranking_metrics(g, t, (10,)).items() if k != "MRR"}}
-            for group, sel in (("moved", moved), ("stayed", ~moved)):
-                row[f"NDCG@10_{group}"] = metrics.ranking_metrics(g[sel], t[sel], (10,))["NDCG@10"]
-            rows.append(row)
+        rows += [{"feature": feature, "weight": w,
+                  **judge(data, with_prior(scorer, steps, data.n_items, w), cfg.max_len, cfg.shift_window)}
+                 for w in weights]
     return rows
 
 
@@ -115,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(load_files(args.data, categories=args.categories), args.package,
                tuple(args.features.split(",")), args.threads, tuple(map(float, args.weights.split(","))))
-    keys = ("valid_NDCG@10", "test_NDCG@10", "test_HR@10", "NDCG@10_moved", "NDCG@10_stayed")
+    keys = ("valid_NDCG@10", "test_NDCG@10", "HR@10", "NDCG@10_moved", "NDCG@10_stayed")
     print("| feature | weight | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 2) + "|")
     for row in rows:
