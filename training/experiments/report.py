@@ -127,7 +127,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         out = {"seed": task["seed"], "metrics": metrics, "train_seconds": report["train_seconds"],
                "seconds_per_epoch": report["seconds_per_epoch"], "best_epoch": report["best_epoch"],
                "epochs_run": report["epochs_run"], "history": report["history"],
-               "config": report["config"]}
+               "config": report["config"], "step_prior": report["step_prior_fit"]}
     out["task"] = task
     out["wall_seconds"] = time.perf_counter() - started
     return out

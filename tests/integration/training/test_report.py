@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training import baselines
+from training import baselines, step_prior
 from training.data import load_files
 from training.experiments import report
 from training.model import ModelConfig
@@ -45,6 +45,7 @@ def test_the_report_has_every_row_and_resumes(datasets, tmp_path, capsys):
     for run in rows["model"]:
         assert run["config"]["model"]["use_tags"] and run["config"]["model"]["use_time"]
         assert run["config"]["model"]["dim"] == TINY["dim"] and run["epochs_run"] == 2
+        assert run["step_prior"]["weight"] in step_prior.WEIGHTS  # what was fitted, kept with the run
     for run in rows["ablation"]:
         cfg = run["config"]["model"]
         assert not (cfg["use_tags"] or cfg["use_types"] or cfg["use_time"])
