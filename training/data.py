@@ -98,7 +98,7 @@ class SequenceData:
         enter it."""
         if window < 1:
             raise ValueError(f"the item graph's window must be >= 1 event, not {window!r}")
-        seqs = [self.items[u][: self.train_end(u)] for u in range(len(self.users)) if self.trains_on(u)]
+        seqs = self.training_sequences()
         pairs = [(seq[:-g], seq[g:], 1.0 / g) for g in range(1, window + 1) for seq in seqs if len(seq) > g]
         a = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         b = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
@@ -110,6 +110,10 @@ class SequenceData:
         counts = np.bincount(where, weights=np.r_[step[keep], step[keep]], minlength=len(edges))
         return normalised_graph(edges // width, edges % width, counts, width)
 
+    def training_sequences(self) -> list[np.ndarray]:
+        """Each training shopper's items before their held-out events (what the item graphs count)."""
+        return [self.items[u][: self.train_end(u)] for u in range(len(self.users)) if self.trains_on(u)]
+
     def item_steps(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training events' directed steps, item a then item b (a != b) in one shopper's
         training events, as compressed rows: `starts` (N+2,) int64, row a's entries at
@@ -118,7 +122,7 @@ class SequenceData:
         never enter it."""
         if k < 1:
             raise ValueError(f"the steps kept per item must be >= 1, not {k!r}")
-        seqs = [self.items[u][: self.train_end(u)] for u in range(len(self.users)) if self.trains_on(u)]
+        seqs = self.training_sequences()
         src = np.concatenate([s[:-1] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)]).astype(np.int64)
         dst = np.concatenate([s[1:] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)]).astype(np.int64)
         keep = src != dst
