@@ -9,7 +9,7 @@ shoppers. Baselines that only score items (co-occurrence, a category-transition 
 measured the same way from their normalised scores. History items are masked as in the harness.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,11 +71,25 @@ def _rank_rows(scores: np.ndarray, es: EvalSet, rows: np.ndarray, item_cat: np.n
     return greater, ties, hit
 
 
+def served_batches(model: Any, es: EvalSet, device: Any, batch_size: int = 512) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """(rows, `model.serve` outputs) over the eval set in batches of similar history length, each
+    cut to its longest history, under no_grad with the item table built once."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        table = model.item_table()  # once: a million-item table costs about a second to build
+        for rows in length_batches(es, batch_size):
+            width = max(int((es.inputs.items[rows] > 0).sum(axis=1).max(initial=0)), 1)
+            feeds = [torch.from_numpy(np.ascontiguousarray(a[rows, -width:])).to(device)
+                     for a in (es.inputs.items, es.inputs.types, es.inputs.times)]
+            yield rows, model.serve(*feeds, table=table)
+
+
 def collect_model(model: Any, data: SequenceData, split: str, device: Any, betas: tuple[float, ...] = (),
                   batch_size: int = 512) -> SplitOutcome:
     """Run the model's served path on `split`: P(move) as served, destinations for every mix,
     and the ranking at the model's own beta ("served") plus each of `betas` ("beta=…")."""
-    import torch
 
     item_cat = model.item_cat.cpu().numpy()
     es = eval_set(data, split, model.cfg.max_len)
@@ -87,15 +101,7 @@ def collect_model(model: Any, data: SequenceData, split: str, device: Any, betas
     for name in names:
         out.greater[name], out.ties[name] = np.zeros(n, np.int64), np.zeros(n, np.int64)
         out.cat_hit[name] = np.zeros(n, bool)
-    model.eval()
-    with torch.no_grad():
-        table = model.item_table()  # once: a million-item table costs about a second to build
-    for rows in length_batches(es, batch_size):
-        width = max(int((es.inputs.items[rows] > 0).sum(axis=1).max(initial=0)), 1)
-        feeds = [torch.from_numpy(np.ascontiguousarray(a[rows, -width:])).to(device)
-                 for a in (es.inputs.items, es.inputs.types, es.inputs.times)]
-        with torch.no_grad():
-            res = model.serve(*feeds, table=table)
+    for rows, res in served_batches(model, es, device, batch_size):
         inside = res["inside"].cpu().numpy()
         moved = inside[np.arange(len(rows)), target_cat[rows]] == 0
         out.moved[rows] = moved

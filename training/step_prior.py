@@ -10,7 +10,8 @@ import numpy as np
 
 from training import metrics
 from training.data import SequenceData, eval_set
-from training.evaluation import length_batches, mask_history
+from training.evaluation import mask_history
+from training.migration import served_batches
 
 # weights tried; on Beauty validation NDCG@10 rose to a broad top at .75-1.25 (.0791 -> .0831) and
 # fell past 2 (.0820) and 4 (.0790) (training/RESULTS.md, 2026-12-06)
@@ -30,21 +31,16 @@ def fit(model: Any, data: SequenceData, device: Any, weights: tuple[float, ...] 
         return {"weight": float(model.step_weight), "skipped": "validation is empty"}
     greater = {w: np.zeros(len(es.users), np.int64) for w in weights}
     ties = {w: np.zeros(len(es.users), np.int64) for w in weights}
-    model.eval()
     with torch.no_grad():
         model.step_weight.zero_()
-        table = model.item_table()  # once: a million-item table costs about a second to build
-        for rows in length_batches(es, batch_size):
-            width = max(int((es.inputs.items[rows] > 0).sum(axis=1).max(initial=0)), 1)
-            feeds = [torch.from_numpy(np.ascontiguousarray(a[rows, -width:])).to(device)
-                     for a in (es.inputs.items, es.inputs.types, es.inputs.times)]
-            res = model.serve(*feeds, table=table)
-            base, prior = res["base"].float().cpu().numpy(), res["prior"].float().cpu().numpy()
-            for w in weights:
-                scores = base + np.float32(w) * prior
-                mask_history(scores, es, rows)
-                greater[w][rows], ties[w][rows] = metrics.target_ranks(scores, es.targets[rows] - 1)
-        ndcg = {w: metrics.ranking_metrics(greater[w], ties[w], (10,))["NDCG@10"] for w in weights}
-        best = max(weights, key=lambda w: (ndcg[w], -w))
+    for rows, res in served_batches(model, es, device, batch_size):
+        base, prior = res["base"].float().cpu().numpy(), res["prior"].float().cpu().numpy()
+        for w in weights:
+            scores = base + np.float32(w) * prior
+            mask_history(scores, es, rows)
+            greater[w][rows], ties[w][rows] = metrics.target_ranks(scores, es.targets[rows] - 1)
+    ndcg = {w: metrics.ranking_metrics(greater[w], ties[w], (10,))["NDCG@10"] for w in weights}
+    best = max(weights, key=lambda w: (ndcg[w], -w))
+    with torch.no_grad():
         model.step_weight.fill_(best)
     return {"weight": best, "valid_NDCG@10_by_weight": {str(w): v for w, v in ndcg.items()}}
