@@ -31,14 +31,18 @@ approximate top-M path that never multiplies by the whole item table:
                    inner-product IVF index with a direct map (rows are read back from it)
     encoder.onnx   item_ids, event_types, timestamps (as above) + history_vectors (B, L, D) float32,
                    the item-table rows of item_ids (any values at padding) -> user_repr (B, D)
+                   [, step_candidates (B, K) int64: where the model has a step prior, the
+                   columns it lifts for the last event's item, -1 in unused slots]
     rank.onnx      user_repr (B, D), item_ids (B, L), candidates (B, M) int64 columns,
                    candidate_vectors (B, M, D) -> candidate_scores (B, M): the migration-aware
                    scores, each category's share of the next-item distribution taken over the
                    M candidates plus a per-category sample of the catalogue held in the graph
                    (weighted by the items each sampled item stands for; no sample when M >= N)
 Recommend searches the index with user_repr for `retrieval["candidates"]` columns at
-`retrieval["nprobe"]` and ranks them with rank.onnx; the manifest records the recall@10 of that
-path against model.onnx's exact top 10, measured at export on real histories.
+`retrieval["nprobe"]` (K more where the encoder gives step candidates, which then come first:
+M + K distinct columns, so that every item the prior lifts is ranked) and ranks them with
+rank.onnx; the manifest records the recall@10 of that path against model.onnx's exact top 10,
+measured at export on real histories.
 
 `scores` are already migration-aware: the next-item logits re-weighted toward the predicted
 next categories (`manifest.shift["beta"]`; 0 leaves them as the plain next-item logits).
@@ -72,6 +76,9 @@ ALL_OUTPUT_NAMES = OUTPUT_NAMES + SHIFT_OUTPUT_NAMES
 # retrieval packages
 INPUT_HISTORY_VECTORS = "history_vectors"
 ENCODER_INPUT_NAMES = (*INPUT_NAMES, INPUT_HISTORY_VECTORS)
+# encoder.onnx's second output where the model has a step prior: (B, K) 0-based columns of the
+# items it lifts for the last event's item (-1 unused), added to the index's candidates
+OUTPUT_STEP_CANDIDATES = "step_candidates"
 INPUT_CANDIDATES = "candidates"
 INPUT_CANDIDATE_VECTORS = "candidate_vectors"
 RANK_INPUT_NAMES = (OUTPUT_USER_REPR, INPUT_ITEM_IDS, INPUT_CANDIDATES, INPUT_CANDIDATE_VECTORS)
@@ -126,7 +133,7 @@ class Manifest:
     padding_index: int = PADDING_INDEX
     event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPES))
     data_source: str = ""
-    # retrieval packages only: nlist, nprobe, candidates, mass_sample, recall_at_10 (+ users
+    # retrieval packages only: nlist, nprobe, candidates, step_candidates, mass_sample, recall_at_10 (+ users
     # measured), and `sample`, the top 10 the retrieval path gave for parity_sample's inputs;
     # {} = exact only
     retrieval: dict[str, Any] = field(default_factory=dict)

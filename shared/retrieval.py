@@ -1,6 +1,6 @@
 """The retrieval path of a large-catalogue package (the contract is in `shared.model_package`):
-the user vector from encoder.onnx, an approximate top-M of the item table from the faiss index,
-ranked by rank.onnx. The inference service serves with it; the export measures its recall with
+the user vector from encoder.onnx, an approximate top-M of the item table from the faiss index
+(after the step prior's candidates where the encoder gives them), ranked by rank.onnx. The inference service serves with it; the export measures its recall with
 it, so what is measured is what is served. No torch here."""
 
 from pathlib import Path
@@ -22,6 +22,23 @@ def top_columns(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.nda
     scores = np.where(columns < 0, -np.inf, scores)
     order = np.lexsort((columns, -scores), axis=-1)[:, :k]
     return np.take_along_axis(columns, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def merge_columns(first: np.ndarray, rest: np.ndarray, width: int) -> np.ndarray:
+    """Per row, the first `width` distinct real columns of `first` (B, K) then `rest` (B, R), in
+    that order; -1 pads a row that has fewer. (B, width)."""
+    both = np.concatenate([first, rest], axis=1)
+    order = np.argsort(both, axis=1, kind="stable")  # equal columns keep their order: the first wins
+    ordered = np.take_along_axis(both, order, 1)
+    kept = ordered >= 0
+    kept[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    keep = np.empty_like(kept)
+    np.put_along_axis(keep, order, kept, 1)
+    place = np.cumsum(keep, axis=1) - 1  # each kept column's place in its row's answer
+    rows, cols = np.nonzero(keep & (place < width))
+    out = np.full((len(both), width), -1, dtype=both.dtype)
+    out[rows, place[rows, cols]] = both[rows, cols]
+    return out
 
 
 def search_parameters(nprobe: int) -> faiss.SearchParametersIVF:
@@ -55,14 +72,22 @@ class Retrieval:
             self.ranker = ort.InferenceSession(str(package_dir / pkg.RANK_FILE), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise RetrievalError(f"{package_dir}: cannot load the retrieval graphs: {exc}") from exc
-        for session, inputs, output in ((self.encoder, pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR),
-                                        (self.ranker, pkg.RANK_INPUT_NAMES, pkg.OUTPUT_CANDIDATE_SCORES)):
+        for session, inputs, outputs in (
+                (self.encoder, pkg.ENCODER_INPUT_NAMES,
+                 ([pkg.OUTPUT_USER_REPR], [pkg.OUTPUT_USER_REPR, pkg.OUTPUT_STEP_CANDIDATES])),
+                (self.ranker, pkg.RANK_INPUT_NAMES, ([pkg.OUTPUT_CANDIDATE_SCORES],))):
             if ([i.name for i in session.get_inputs()] != list(inputs)
-                    or [o.name for o in session.get_outputs()] != [output]):
+                    or [o.name for o in session.get_outputs()] not in outputs):
                 raise RetrievalError(f"{package_dir}: retrieval graph inputs/outputs differ from the contract")
+        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        steps = self.encoder.get_outputs()[1].shape[1] if len(self.encoder_outputs) > 1 else 0
+        if not isinstance(steps, int):
+            raise RetrievalError(f"{package_dir / pkg.ENCODER_FILE}: step candidates of no fixed width ({steps})")
         self.dim = dim
         self.params = search_parameters(nprobe)
-        self.candidates = min(candidates, n_items)
+        # the index proposes M columns; a step prior's K come first, with as many more from the index
+        self.candidates = min(candidates + steps, n_items)
+        self.steps = steps if candidates < n_items else 0  # every item a candidate already: none needed
 
     def vectors(self, columns: np.ndarray) -> np.ndarray:
         """Item-table rows (..., D) of 0-based columns (..., ); zeros where a column is -1."""
@@ -73,20 +98,28 @@ class Retrieval:
             out[real] = self.index.reconstruct_batch(flat[real])
         return out.reshape(*columns.shape, self.dim)
 
-    def user(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """user_repr (B, D) for model inputs, the history's rows read from the index."""
+    def encode(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """user_repr (B, D) for model inputs, the history's rows read from the index, and the step
+        candidates (B, K) where the package has them (else None)."""
         items = feeds[pkg.INPUT_ITEM_IDS]
         history = self.vectors(items - 1)  # padding (0) reads as -1: zeros
-        return self.encoder.run([pkg.OUTPUT_USER_REPR], {**feeds, pkg.INPUT_HISTORY_VECTORS: history})[0]
+        names = self.encoder_outputs if self.steps else self.encoder_outputs[:1]
+        out = self.encoder.run(names, {**feeds, pkg.INPUT_HISTORY_VECTORS: history})
+        return out[0], (out[1] if self.steps else None)
 
-    def search(self, user: np.ndarray, nprobe: int | None = None) -> np.ndarray:
-        """The approximate top-M columns (B, M) by inner product with the item table; -1 pads a row
-        whose probed lists hold fewer."""
+    def user(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """user_repr (B, D) for model inputs."""
+        return self.encode(feeds)[0]
+
+    def search(self, user: np.ndarray, nprobe: int | None = None, steps: np.ndarray | None = None) -> np.ndarray:
+        """The candidates (B, M + K): the step candidates (B, K) where given, then the approximate
+        top columns by inner product with the item table, distinct; -1 pads a row whose probed
+        lists hold fewer."""
         params = self.params if nprobe is None else search_parameters(nprobe)
         if self.threads is not None:
             faiss.omp_set_num_threads(self.threads)
         _, columns = self.index.search(np.ascontiguousarray(user, dtype=np.float32), self.candidates, params=params)
-        return columns
+        return columns if steps is None else merge_columns(steps, columns, self.candidates)
 
     def rank(self, user: np.ndarray, items: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """Migration-aware scores (B, M) of the given columns (rank.onnx: the category shares from
@@ -109,8 +142,8 @@ class Retrieval:
 
     def retrieve(self, feeds: dict[str, np.ndarray], nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(columns (B, M), scores (B, M)): the candidates of each row and their ranking scores."""
-        user = self.user(feeds)
-        columns = self.search(user, nprobe=nprobe)
+        user, steps = self.encode(feeds)
+        columns = self.search(user, nprobe=nprobe, steps=steps)
         return columns, self.rank(user, feeds[pkg.INPUT_ITEM_IDS], columns)
 
 

@@ -474,6 +474,12 @@ class ShiftRec(nn.Module):
         slot = torch.where(slot < hi[:, None], slot, self.step_cols.shape[0] - 1)  # unused: the (padding, 0) entry
         return self.step_cols[slot], self.step_values[slot]
 
+    def step_candidates(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, K) 0-based columns of the items the step prior lifts for each row's last item
+        (left-padded `items` (B, L)), -1 in unused slots: a retrieval package adds them to the
+        index's candidates, so that what the prior lifts is ranked whatever the index finds."""
+        return self.steps_from(items[:, -1])[0] - 1
+
     def step_prior(self, items: torch.Tensor) -> torch.Tensor:
         """(B, N) the unweighted prior of every item (column j = item j + 1) given each row's
         last item (left-padded `items` (B, L); a row of padding has none: zeros)."""
@@ -652,7 +658,8 @@ class ShiftRec(nn.Module):
         the sample's term, so that the sample estimates only what the candidates do not cover
         (counting the head twice pulled the shares toward the candidates' categories). The step
         prior is added to the candidates' scores exactly; the sample's term leaves it out (it
-        touches at most `step_prior_k` items of a row; those outside the candidates are missed)."""
+        touches at most `step_prior_k` items of a row, which a retrieval package adds to the
+        candidates: `step_candidates`)."""
         base = (candidate_vectors @ h[:, :, None])[:, :, 0]  # (B, M)
         if self.cfg.step_prior_k:  # `serve`'s step prior, for the candidates
             cols, values = self.steps_from(items[:, -1])  # (B, K)

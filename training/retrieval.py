@@ -42,6 +42,24 @@ class Entry(nn.Module):
         return getattr(self.model, self.entry)(*inputs)
 
 
+class EncodeWithSteps(nn.Module):
+    """`encode_user` and the step prior's candidates for the last event's item."""
+
+    def __init__(self, model: ShiftRec) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor,
+                history_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_user(items, types, times, history_vectors), self.model.step_candidates(items)
+
+
+def has_step_candidates(model: ShiftRec) -> bool:
+    """Whether the model's scores carry a step prior (a weight of 0, chosen on validation, adds none)."""
+    return bool(model.cfg.step_prior_k) and float(model.step_weight) != 0.0
+
+
 class RankWithMass(nn.Module):
     """`rank_candidates` with the package's per-category sample baked in as constants."""
 
@@ -87,9 +105,13 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray
     items = torch.randint(1, n_items + 1, (2, max_len), generator=g)
     types = torch.randint(1, pkg.N_EVENT_TYPES, (2, max_len), generator=g)
     times = torch.cumsum(torch.randint(0, 100_000, (2, max_len), generator=g), 1) + 1_400_000_000
-    trace_to_onnx(Entry(model, "encode_user"), (items, types, times, torch.randn(2, max_len, d, generator=g)),
-            staged / pkg.ENCODER_FILE, pkg.ENCODER_INPUT_NAMES, (pkg.OUTPUT_USER_REPR,),
-            {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, pkg.OUTPUT_USER_REPR)})
+    encoder: nn.Module = Entry(model, "encode_user")
+    outputs: tuple[str, ...] = (pkg.OUTPUT_USER_REPR,)
+    if has_step_candidates(model):
+        encoder, outputs = EncodeWithSteps(model), (pkg.OUTPUT_USER_REPR, pkg.OUTPUT_STEP_CANDIDATES)
+    trace_to_onnx(encoder, (items, types, times, torch.randn(2, max_len, d, generator=g)),
+            staged / pkg.ENCODER_FILE, pkg.ENCODER_INPUT_NAMES, outputs,
+            {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, *outputs)})
     candidates = torch.randint(0, n_items, (2, 3), generator=g)
     ranker: nn.Module = Entry(model, "rank_candidates")
     if table is not None:
@@ -112,8 +134,8 @@ def graph_parity(model: ShiftRec, ranker: nn.Module, path: Retrieval, feeds: dic
                  nprobe: int) -> dict[str, float]:
     """Largest differences between the two graphs in ONNX Runtime and the same code in PyTorch."""
     items = feeds[pkg.INPUT_ITEM_IDS]
-    user = path.user(feeds)
-    columns = path.search(user, nprobe=nprobe)
+    user, steps = path.encode(feeds)
+    columns = path.search(user, nprobe=nprobe, steps=steps)
     scores = path.rank(user, items, columns)
     with torch.no_grad():
         t_items, t_types, t_times = (torch.from_numpy(feeds[n]) for n in pkg.INPUT_NAMES)
@@ -121,8 +143,11 @@ def graph_parity(model: ShiftRec, ranker: nn.Module, path: Retrieval, feeds: dic
         real = (columns >= 0).all(axis=1)
         want = ranker(torch.from_numpy(user[real]), t_items[real], torch.from_numpy(columns[real]),
                       torch.from_numpy(path.vectors(columns[real])))
+        # columns: 0 when equal, else the largest difference (a wrong column is never near one)
+        step_diff = 0.0 if steps is None else float(np.abs(steps - model.step_candidates(t_items).numpy()).max())
     return {"max_abs_diff_user_repr": float(np.abs(user - want_user.numpy()).max()),
-            "max_abs_diff_candidate_scores": float(np.abs(scores[real] - want.numpy()).max()) if real.any() else 0.0}
+            "max_abs_diff_candidate_scores": float(np.abs(scores[real] - want.numpy()).max()) if real.any() else 0.0,
+            "max_abs_diff_step_candidates": step_diff}
 
 
 def served_top(path: Retrieval, feeds: dict[str, np.ndarray], nprobe: int, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +180,8 @@ def add_retrieval(model: ShiftRec, table: np.ndarray, staged: Path, max_len: int
     recall = recall_at_k(served_top(path, half["report"], nprobe)[0], exact_top[report])
     parity = graph_parity(model, ranker, path, {k: v[:PARITY_ROWS] for k, v in feeds.items()}, nprobe)
     columns, scores = served_top(path, sample, nprobe)
-    return {"nlist": int(index.nlist), "nprobe": int(nprobe), "candidates": int(path.candidates),
+    return {"nlist": int(index.nlist), "nprobe": int(nprobe), "candidates": int(min(CANDIDATES, len(table))),
+            "step_candidates": int(path.steps),
             "recall_at_10": recall, "recall_users": len(report), "recall_by_nprobe": tried,
             "build_seconds": build_seconds, "parity": parity,
             "mass_sample": int(getattr(ranker, "weights", torch.zeros(0)).numel()),

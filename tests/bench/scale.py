@@ -244,6 +244,7 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
             row["retrieval"] = bool(retrieval)
             if retrieval:
                 row.update(recall_at_10=retrieval["recall_at_10"], nprobe=retrieval["nprobe"],
+                           step_candidates=retrieval.get("step_candidates", 0),
                            index_build_seconds=retrieval["build_seconds"])
             for rate in args.serve_rates:
                 load = asyncio.run(offered_load(stack.inference.target, users, rate, args.serve_seconds, 10, 2.0))

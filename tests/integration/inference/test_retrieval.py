@@ -18,7 +18,7 @@ from services.inference.ranking import Inference
 from services.inference.registry import ModelRegistry
 from services.inference.runtime import ModelRuntime, PackageError, Step
 from shared import model_package as pkg
-from training import retrieval
+from training import retrieval, step_prior
 from training.data import load_store
 from training.train import RunOptions, main
 
@@ -42,12 +42,19 @@ def publish(pipeline: Pipeline, out: Path, candidates: int, monkeypatch: pytest.
     return Path(report["package"])
 
 
+STRONG_STEPS = 20.0  # a step-prior weight that puts the items it lifts above the rest
+
+
 @pytest.fixture(scope="module")
 def packages(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two retrieval packages of the same data: every item a candidate, and 16 candidates."""
+    """Retrieval packages of the same data: every item a candidate; 16 candidates; 16 candidates
+    with a step prior strong enough to decide each top 10."""
     out = tmp_path_factory.mktemp("retrieval")
     with pytest.MonkeyPatch.context() as mp:
-        return {"all": publish(pipeline, out / "all", 100_000, mp), "few": publish(pipeline, out / "few", 16, mp)}
+        made = {"all": publish(pipeline, out / "all", 100_000, mp), "few": publish(pipeline, out / "few", 16, mp)}
+        mp.setattr(step_prior, "WEIGHTS", (STRONG_STEPS,))  # the only weight the fit may choose
+        made["steps"] = publish(pipeline, out / "steps", 16, mp)
+    return made
 
 
 def histories(pipeline: Pipeline, runtime: ModelRuntime, n: int = 40) -> list[list[Step]]:
@@ -174,3 +181,40 @@ def test_concurrent_calls_batched_equal_calls_alone(pipeline, packages):
     for (gc, gs), (wc, ws) in zip(got, want):
         np.testing.assert_array_equal(gc, wc)
         np.testing.assert_allclose(gs, ws, atol=1e-5)
+
+
+def test_what_the_step_prior_lifts_is_always_ranked(pipeline, packages):
+    """The index proposes by inner product alone, so the items the step prior lifts may lie in
+    lists it does not probe; the encoder's step candidates put them among the ranked columns.
+    With one list probed and a prior that decides the top 10, the answer follows the exact path
+    with them and misses without."""
+    manifest = pkg.load_manifest(packages["steps"])
+    k_steps = manifest.retrieval["step_candidates"]
+    assert k_steps == manifest.config["model"]["step_prior_k"] > 0
+    assert manifest.retrieval["parity"]["max_abs_diff_step_candidates"] == 0.0
+    runtime = ModelRuntime(packages["steps"], device="cpu")
+    path = runtime.retrieval
+    path.params.nprobe = 1
+    assert path.index.nlist > 1 and path.candidates == 16 + k_steps
+    whole = exact(packages["steps"])
+    lifted_rows = 0
+    recall = {"with": [], "without": []}
+    for history in histories(pipeline, runtime, 80):
+        feeds = runtime.encode([history])
+        steps = path.encode(feeds)[1]
+        columns, _ = path.retrieve(feeds)
+        lifted = set(steps[0][steps[0] >= 0].tolist())
+        real = columns[0][columns[0] >= 0]
+        assert lifted <= set(real.tolist()) and len(set(real.tolist())) == len(real)  # all lifted, distinct
+        want = [i for i, _ in whole.recommend(history, 10, None, [], True).items]
+        got = [i for i, _ in Inference(Fixed(runtime)).recommend(history, 10, None, [], True).items]
+        path.steps = 0  # the index's candidates alone (packages before the step candidates)
+        alone = [i for i, _ in Inference(Fixed(runtime)).recommend(history, 10, None, [], True).items]
+        path.steps = k_steps
+        lifted_rows += bool(lifted)
+        if lifted:
+            recall["with"].append(len(set(got) & set(want)) / len(want))
+            recall["without"].append(len(set(alone) & set(want)) / len(want))
+    assert lifted_rows >= 40
+    assert np.mean(recall["with"]) >= 0.9
+    assert np.mean(recall["without"]) < np.mean(recall["with"]) - 0.1
