@@ -236,6 +236,7 @@ def export_package(
             calibration={"a": calibration[0], "b": calibration[1]},
             metrics={"split": report.get("split"), **report.get("metrics", {}),
                      "best_epoch": report.get("best_epoch"), "train_seconds": report.get("train_seconds"),
+                     "step_prior_weight": float(model.step_weight) if cfg.step_prior_k else 0.0,
                      "parity": parity},
             parity_sample={
                 "inputs": {n: sample[n].tolist() for n in pkg.INPUT_NAMES},

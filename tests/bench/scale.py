@@ -245,6 +245,8 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
             if retrieval:
                 row.update(recall_at_10=retrieval["recall_at_10"], nprobe=retrieval["nprobe"],
                            step_candidates=retrieval.get("step_candidates", 0),
+                           step_prior_weight=manifest.metrics.get("step_prior_weight"),
+                           beta=manifest.shift.get("beta"), recall_by_nprobe=retrieval["recall_by_nprobe"],
                            index_build_seconds=retrieval["build_seconds"])
             for rate in args.serve_rates:
                 load = asyncio.run(offered_load(stack.inference.target, users, rate, args.serve_seconds, 10, 2.0))

@@ -114,9 +114,18 @@ def test_a_package_serves_what_was_evaluated_with_the_prior_on(tiny, tmp_path, m
     assert report["step_prior_fit"]["weight"] == 1.5
     version = tmp_path / "m" / pkg.latest_version(tmp_path / "m")
     assert float(load_weights(version)["state_dict"]["step_weight"]) == 1.5
+    assert pkg.load_manifest(version).metrics["step_prior_weight"] == 1.5  # what operators read
     assert pkg.load_manifest(version).metrics["parity"]["max_abs_diff_scores"] <= 1e-4
     served = evaluation.evaluate_package(str(version), tiny)
     assert served["NDCG@10"] == pytest.approx(report["metrics"]["NDCG@10"], abs=1e-6)  # served = evaluated
+
+
+def test_a_model_without_the_prior_exports_with_weight_zero(tiny, tmp_path):
+    main(data=tiny, out=str(tmp_path / "m"), run=RunOptions(overrides={**TINY, "epochs": 1, "step_prior_k": 0},
+                                                            progress=False))
+    version = tmp_path / "m" / pkg.latest_version(tmp_path / "m")
+    assert pkg.load_manifest(version).metrics["step_prior_weight"] == 0.0
+    assert "step_weight" not in load_weights(version)["state_dict"]
 
 
 def test_a_package_from_before_the_prior_loads_as_trained_and_a_fine_tune_refits_it(tiny):
