@@ -1,7 +1,8 @@
 """The retrieval path of a large-catalogue package (the contract is in `shared.model_package`):
 the user vector from encoder.onnx, an approximate top-M of the item table from the faiss index
-(after the step prior's candidates where the encoder gives them), ranked by rank.onnx. The inference service serves with it; the export measures its recall with
-it, so what is measured is what is served. No torch here."""
+(after the step prior's candidates where the encoder gives them), ranked by rank.onnx. The
+inference service serves with it; the export measures its recall with it, so what is measured is
+what is served. No torch here."""
 
 from pathlib import Path
 
