@@ -99,18 +99,18 @@ class Retrieval:
             out[real] = self.index.reconstruct_batch(flat[real])
         return out.reshape(*columns.shape, self.dim)
 
-    def encode(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def encode(self, feeds: dict[str, np.ndarray], steps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """user_repr (B, D) for model inputs, the history's rows read from the index, and the step
-        candidates (B, K) where the package has them (else None)."""
+        candidates (B, K) where asked for and the package has them (else None)."""
         items = feeds[pkg.INPUT_ITEM_IDS]
         history = self.vectors(items - 1)  # padding (0) reads as -1: zeros
-        names = self.encoder_outputs if self.steps else self.encoder_outputs[:1]
+        names = self.encoder_outputs[: 2 if steps and self.steps else 1]
         out = self.encoder.run(names, {**feeds, pkg.INPUT_HISTORY_VECTORS: history})
-        return out[0], (out[1] if self.steps else None)
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def user(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """user_repr (B, D) for model inputs."""
-        return self.encode(feeds)[0]
+        """user_repr (B, D) for model inputs (ranking chosen columns needs no step candidates)."""
+        return self.encode(feeds, steps=False)[0]
 
     def search(self, user: np.ndarray, nprobe: int | None = None, steps: np.ndarray | None = None) -> np.ndarray:
         """The candidates (B, M + K): the step candidates (B, K) where given, then the approximate

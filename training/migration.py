@@ -90,7 +90,6 @@ def collect_model(model: Any, data: SequenceData, split: str, device: Any, betas
                   batch_size: int = 512) -> SplitOutcome:
     """Run the model's served path on `split`: P(move) as served, destinations for every mix,
     and the ranking at the model's own beta ("served") plus each of `betas` ("beta=…")."""
-
     item_cat = model.item_cat.cpu().numpy()
     es = eval_set(data, split, model.cfg.max_len)
     n = len(es.users)
