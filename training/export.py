@@ -16,7 +16,7 @@ from shared.encoding import cut_padding, model_inputs
 from training import retrieval
 from training.data import SequenceData, eval_set
 from training.evaluation import SCORE_BATCH_BUDGET
-from training.model import ItemTableT, ShiftRec
+from training.model import ExportTable, ShiftRec
 from training.parity_sample import synthetic_parity_inputs
 from training.text import ENCODER_NAME
 from training.tracing import trace_to_onnx
@@ -57,14 +57,14 @@ class ServingModel(nn.Module):
         super().__init__()
         self.model = model.eval()
         with torch.no_grad():
-            # (D, N+1): held transposed so that the graph carries the table once (ItemTableT)
-            self.register_buffer("table_t", model.item_table().detach().T.contiguous())
+            # (N+1, D): the graph carries the table once (ExportTable)
+            self.register_buffer("table", model.item_table().detach().contiguous())
         self.register_buffer("cal", torch.tensor(calibration, dtype=torch.float32))  # (2,)
 
     def forward(
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        out = self.model.serve(items, types, times, table=ItemTableT(self.table_t))
+        out = self.model.serve(items, types, times, table=ExportTable(self.table))
         scores = out["scores"]  # (B, N) migration-aware
         logp = torch.log_softmax(scores, dim=-1)  # (B, N)
         probs = torch.sigmoid(self.cal[0] * logp + self.cal[1])  # (B, N)
@@ -121,7 +121,7 @@ def check_parity(onnx_path: Path, serving: ServingModel, feeds: dict[str, np.nda
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    n_users, n_items = len(feeds[pkg.INPUT_ITEM_IDS]), serving.table_t.shape[1] - 1
+    n_users, n_items = len(feeds[pkg.INPUT_ITEM_IDS]), len(serving.table) - 1
     step = max(1, min(n_users, SCORE_BATCH_BUDGET // n_items))  # bounded (rows, items) matrices
     diffs: dict[str, float] = {}
     tops = []
@@ -216,7 +216,7 @@ def export_package(
         parity, exact_top = check_parity(onnx_path, serving, feeds)
         sample = synthetic_parity_inputs(data.n_items, cfg.max_len, SAMPLE_USERS)  # no shopper's data
         retrieval_entry = retrieval.add_retrieval(
-            model, serving.table_t[:, 1:].T.numpy(), staged, cfg.max_len, feeds, exact_top, sample,
+            model, serving.table[1:].numpy(), staged, cfg.max_len, feeds, exact_top, sample,
             list(data.item_vocab)) if with_retrieval else {}
         if retrieval_entry and max(retrieval_entry["parity"].values()) > SCORE_TOLERANCE:
             raise ParityError(f"retrieval graphs: ONNX Runtime vs PyTorch {retrieval_entry['parity']} > {SCORE_TOLERANCE}")

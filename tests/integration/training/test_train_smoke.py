@@ -4,6 +4,7 @@ from the event store equals training from the same events in files."""
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -61,6 +62,16 @@ def test_one_epoch_export_and_parity(tiny, tmp_path):
     # dynamic batch: one row alone scores as it does in a batch
     alone = session.run([pkg.OUTPUT_SCORES], {n: v[:1] for n, v in feeds.items()})[0]
     np.testing.assert_allclose(alone[0], scores[0], atol=1e-5)
+
+    # the graph carries the item table once, row-major (N+1, D): history rows gathered along its
+    # first axis, the scores one Gemm reading it transposed (no folded transposed copy beside it)
+    graph = onnx.load(str(package / pkg.MODEL_FILE)).graph
+    tables = [i for i in graph.initializer if len(i.dims) == 2 and tiny.n_items + 1 in tuple(i.dims)]
+    assert [tuple(i.dims) for i in tables] == [(tiny.n_items + 1, manifest.dim)]
+    readers = [n for n in graph.node if tables[0].name in n.input]
+    assert sorted(n.op_type for n in readers) == ["Gather", "Gemm"]
+    assert {a.name: a.i for a in next(n for n in readers if n.op_type == "Gemm").attribute}.get("transB") == 1
+    assert {a.name: a.i for a in next(n for n in readers if n.op_type == "Gather").attribute}.get("axis", 0) == 0
 
     # the ONNX package evaluates in the same harness as the PyTorch model did
     onnx_metrics = evaluation.evaluate_package(str(tmp_path / "models"), tiny)
