@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -257,6 +258,8 @@ def serving_point(n_items: int, args: argparse.Namespace) -> dict[str, float]:
             closed = asyncio.run(closed_loop(stack.inference.target, users, 8, args.serve_seconds, 10, 2.0))
             row["closed_loop_rps"], row["closed_loop_p99_ms"] = closed["achieved_rps"], closed["p99_ms"]
             row["inference_rss_mib"] = peak_rss_mib(stack.inference.proc.pid)
+        if args.keep_packages:
+            shutil.copytree(models, Path(args.keep_packages) / str(n_items), dirs_exist_ok=True)
     print(f"  serving {n_items:,} items: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in row.items()), flush=True)
     return row
@@ -322,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-epochs", type=int, default=2, help="epochs of each served catalogue's model")
     parser.add_argument("--serve-retrieval", choices=("auto", "on", "off"), default="auto",
                         help="`shiftrec train --retrieval` for the served catalogues (auto: from 100k items)")
+    parser.add_argument("--keep-packages", metavar="DIR",
+                        help="copy each served catalogue's model folder to DIR/ITEMS (for analysis after the run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres-url", default=os.environ.get(
         "SHIFTREC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
