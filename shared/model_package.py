@@ -9,8 +9,10 @@ to serve:
     <model_dir>/<version>/manifest.json
     <model_dir>/<version>/training_curve.png
 
-Inputs (all int64, shape (B, MAX_LEN), left-padded: the most recent event is in the last
-column, padding columns are on the left and hold 0 in all three inputs):
+Inputs (all int64, shape (B, L) with L <= MAX_LEN, left-padded: the most recent event is in the
+last column, padding columns are on the left and hold 0 in all three inputs; graphs exported with
+a dynamic event axis answer the same for any L that keeps every row's events, so serving drops the
+columns that are padding in every row, `shared.encoding.cut_padding`):
     item_ids     1 + the item's position in `manifest.item_vocab`; 0 = padding
     event_types  1 view, 2 click, 3 add_to_cart, 4 purchase, 5 favorite, 6 review; 0 = padding
     timestamps   the event's time in unix seconds (only differences are used)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared import model_package as pkg
+from shared.encoding import cut_padding
 
 
 class RetrievalError(RuntimeError):
@@ -81,6 +82,10 @@ class Retrieval:
                     or [o.name for o in session.get_outputs()] not in outputs):
                 raise RetrievalError(f"{package_dir}: retrieval graph inputs/outputs differ from the contract")
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        # graphs with a dynamic event axis are run without the padding every row of a call
+        # carries (packages exported before it have a fixed one and get the whole window)
+        self.cuts_padding = all(isinstance(i.shape[1], str) for s in (self.encoder, self.ranker)
+                                for i in s.get_inputs() if i.name == pkg.INPUT_ITEM_IDS)
         steps = self.encoder.get_outputs()[1].shape[1] if len(self.encoder_outputs) > 1 else 0
         if not isinstance(steps, int):
             raise RetrievalError(f"{package_dir / pkg.ENCODER_FILE}: step candidates of no fixed width ({steps})")
@@ -102,6 +107,8 @@ class Retrieval:
     def encode(self, feeds: dict[str, np.ndarray], steps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """user_repr (B, D) for model inputs, the history's rows read from the index, and the step
         candidates (B, K) where asked for and the package has them (else None)."""
+        if self.cuts_padding:
+            feeds = cut_padding(feeds)
         items = feeds[pkg.INPUT_ITEM_IDS]
         history = self.vectors(items - 1)  # padding (0) reads as -1: zeros
         names = self.encoder_outputs[: 2 if steps and self.steps else 1]
@@ -127,6 +134,8 @@ class Retrieval:
         the row's real columns plus the graph's per-category sample; -1 entries score -inf and
         take no share)."""
         scores = np.full(columns.shape, -np.inf, dtype=np.float32)
+        if self.cuts_padding:
+            items = cut_padding({pkg.INPUT_ITEM_IDS: items})[pkg.INPUT_ITEM_IDS]
         full = (columns >= 0).all(axis=1)
         if full.any():  # the usual case: one call for every row with M real candidates
             scores[full] = self._run_rank(user[full], items[full], columns[full])

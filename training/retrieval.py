@@ -109,9 +109,10 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray
     outputs: tuple[str, ...] = (pkg.OUTPUT_USER_REPR,)
     if has_step_candidates(model):
         encoder, outputs = EncodeWithSteps(model), (pkg.OUTPUT_USER_REPR, pkg.OUTPUT_STEP_CANDIDATES)
+    # batch and event axes dynamic, as in model.onnx: serving cuts the padding every row carries
     trace_to_onnx(encoder, (items, types, times, torch.randn(2, max_len, d, generator=g)),
             staged / pkg.ENCODER_FILE, pkg.ENCODER_INPUT_NAMES, outputs,
-            {n: {0: "batch"} for n in (*pkg.ENCODER_INPUT_NAMES, *outputs)})
+            {n: {0: "batch", 1: "events"} for n in pkg.ENCODER_INPUT_NAMES} | {n: {0: "batch"} for n in outputs})
     candidates = torch.randint(0, n_items, (2, 3), generator=g)
     ranker: nn.Module = Entry(model, "rank_candidates")
     if table is not None:
@@ -119,7 +120,7 @@ def export_graphs(model: ShiftRec, staged: Path, max_len: int, table: np.ndarray
         ranker = RankWithMass(model, table, columns, weights)
     trace_to_onnx(ranker, (torch.randn(2, d, generator=g), items, candidates, torch.randn(2, 3, d, generator=g)),
             staged / pkg.RANK_FILE, pkg.RANK_INPUT_NAMES, (pkg.OUTPUT_CANDIDATE_SCORES,),
-            {n: {0: "batch"} for n in (pkg.OUTPUT_USER_REPR, pkg.INPUT_ITEM_IDS)}
+            {pkg.OUTPUT_USER_REPR: {0: "batch"}, pkg.INPUT_ITEM_IDS: {0: "batch", 1: "events"}}
             | {n: {0: "batch", 1: "candidates"} for n in (pkg.INPUT_CANDIDATES, pkg.INPUT_CANDIDATE_VECTORS,
                                                            pkg.OUTPUT_CANDIDATE_SCORES)})
     return ranker

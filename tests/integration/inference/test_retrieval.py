@@ -218,3 +218,21 @@ def test_what_the_step_prior_lifts_is_always_ranked(pipeline, packages):
     assert lifted_rows >= 40
     assert np.mean(recall["with"]) >= 0.9
     assert np.mean(recall["without"]) < np.mean(recall["with"]) - 0.1
+
+
+def test_the_small_graphs_run_without_the_padding_every_row_carries(pipeline, packages):
+    """encoder.onnx and rank.onnx take a narrower event axis, as model.onnx does: a call is run
+    without the leading columns that are padding in every row, and answers as on the whole window."""
+    runtime = ModelRuntime(packages["steps"], device="cpu")
+    path = runtime.retrieval
+    assert path.cuts_padding and path.steps > 0
+    short = [h for h in histories(pipeline, runtime) if len(h) < runtime.max_len // 2]
+    for batch in ([short[0]], short[:8], [h for h in short if len(h) < 4]):
+        feeds = runtime.encode(batch)
+        assert not feeds[pkg.INPUT_ITEM_IDS][:, 0].any()  # every row carries padding to cut
+        path.cuts_padding = True
+        cut = path.retrieve(feeds)
+        path.cuts_padding = False
+        whole = path.retrieve(feeds)
+        np.testing.assert_array_equal(cut[0], whole[0])
+        np.testing.assert_allclose(cut[1], whole[1], atol=1e-5)
