@@ -29,8 +29,11 @@ Outputs (float32):
 
 Retrieval packages (large catalogues; `manifest.retrieval` non-empty) carry beside model.onnx an
 approximate top-M path that never multiplies by the whole item table:
-    items.faiss    the item table's rows 1..N (item_vocab order, id = column) in a faiss
-                   inner-product IVF index with a direct map (rows are read back from it)
+    items.faiss    the item table's rows 1..N (item_vocab order, id = column) in a faiss IVF
+                   index with a direct map (rows are read back from it): L2 over the rows with
+                   one more coordinate, sqrt(R² - |row|²), searched with 0 there, which orders
+                   by inner product (`shared.retrieval.augment_items`); packages from before
+                   hold an inner-product index over the rows themselves, and are read as such
     encoder.onnx   item_ids, event_types, timestamps (as above) + history_vectors (B, L, D) float32,
                    the item-table rows of item_ids (any values at padding) -> user_repr (B, D)
                    [, step_candidates (B, K) int64: where the model has a step prior, the
