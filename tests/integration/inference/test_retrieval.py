@@ -236,3 +236,56 @@ def test_the_small_graphs_run_without_the_padding_every_row_carries(pipeline, pa
         whole = path.retrieve(feeds)
         np.testing.assert_array_equal(cut[0], whole[0])
         np.testing.assert_allclose(cut[1], whole[1], atol=1e-5)
+
+
+def test_a_retrieval_package_is_published_and_swapped_in_under_load(pipeline, packages, tmp_path):
+    """The atomic publish and the hot reload hold for the large-catalogue path: requests racing
+    the swap (several threads, batching on) all succeed, each from one whole package, and after it
+    the new package's index answers (every item a candidate there: the exact top 10)."""
+    model_dir = tmp_path / "models"
+
+    def publish(name: str) -> str:
+        version = pkg.load_manifest(packages[name]).version
+        staged = pkg.staging_dir(model_dir, version)
+        shutil.copytree(packages[name], staged, dirs_exist_ok=True)
+        pkg.publish_package(staged, model_dir, version)
+        return version
+
+    old = publish("few")
+    registry = ModelRegistry(model_dir, device="cpu", batch_max=8, batch_threads=2)
+    assert registry.refresh() and registry.current().retrieval is not None
+    served = Inference(registry)
+    runtime = registry.current()
+    batch = histories(pipeline, runtime, 16)
+    answers: list[tuple[str, list[str]]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def shopper(history: list[Step]) -> None:
+        while not stop.is_set():
+            try:
+                result = served.recommend(history, 10, None, [], True)
+                answers.append((result.model_version, [i for i, _ in result.items]))
+            except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+                failures.append(exc)
+
+    threads = [threading.Thread(target=shopper, args=(h,)) for h in batch[:4]]
+    for t in threads:
+        t.start()
+    while len(answers) < 20:
+        threading.Event().wait(0.01)
+    new = publish("all")
+    assert registry.refresh() and registry.current().version == new
+    seen_after = len(answers)
+    while len(answers) < seen_after + 20:
+        threading.Event().wait(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert {v for v, _ in answers} == {old, new}
+    assert all(len(items) == 10 for _, items in answers)
+    whole = exact(packages["all"])
+    for history in batch:
+        assert [i for i, _ in served.recommend(history, 10, None, [], True).items] == [
+            i for i, _ in whole.recommend(history, 10, None, [], True).items]
