@@ -1,7 +1,8 @@
 """A retrieval package (the large-catalogue path: faiss index + small graphs) served end to end:
 with every item a candidate it gives exactly the whole-catalogue answer; with fewer candidates
 its filters stay exact in effect (never an excluded or seen item, k items whenever k exist, a
-category's items in the exact order); a bad index is refused; batched calls equal calls alone."""
+category's items in the exact order); a bad index is refused, a good one swaps in under load; batched
+calls equal calls alone."""
 
 import json
 import shutil
