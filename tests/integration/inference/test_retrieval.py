@@ -7,6 +7,7 @@ calls equal calls alone."""
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import faiss
@@ -270,19 +271,24 @@ def test_a_retrieval_package_is_published_and_swapped_in_under_load(pipeline, pa
             except BaseException as exc:  # noqa: BLE001 - any failure is the finding
                 failures.append(exc)
 
+    def answered(count: int) -> None:
+        """Wait until `count` answers are in; a failing call ends the wait (no hang)."""
+        deadline = time.monotonic() + 120
+        while len(answers) < count and not failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     threads = [threading.Thread(target=shopper, args=(h,)) for h in batch[:4]]
     for t in threads:
         t.start()
-    while len(answers) < 20:
-        threading.Event().wait(0.01)
-    new = publish("all")
-    assert registry.refresh() and registry.current().version == new
-    seen_after = len(answers)
-    while len(answers) < seen_after + 20:
-        threading.Event().wait(0.01)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        answered(20)
+        new = publish("all")
+        assert registry.refresh() and registry.current().version == new
+        answered(len(answers) + 20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert not failures
     assert {v for v, _ in answers} == {old, new}
     assert all(len(items) == 10 for _, items in answers)
