@@ -58,7 +58,7 @@ bench-quality: setup  ## served = evaluated: import (holdout 1), train from the 
 bench-train: setup  ## seconds per epoch, time to NDCG@10 0.05, peak memory (CPU; --device cuda on a GPU box)
 	$(BIN)/python -m training.experiments.bench --datasets $(DATASETS) --out var/bench/train.json
 
-report-train: setup  ## quality table: Beauty + Sports, model 3 seeds, ablation 1, baselines (resumable; ~2 h on 2 cores)
+report-train: setup  ## quality table: Beauty + Sports, model 3 seeds, ablation 1, baselines (resumable; ~2.6 h on 2 cores)
 	$(BIN)/python -m training.experiments.report --datasets $(DATASETS) --seeds 3 --ablation-seeds 1 --out var/reports/training
 
 bench-transfer: setup  ## Sports -> Beauty at 5/20/100 % of users, cold-start items, temporal fine-tune, shared shoppers
